@@ -1,0 +1,127 @@
+"""Stage `train`: train the classifier with the params' `train` section; keep the best epoch.
+
+    python stages/train.py data/prepared models/model.pt models/checkpoint.pt metrics/train
+
+Logs train and validation loss and accuracy each epoch with DVCLive into LIVE_DIR.
+Saves the weights of the epoch with the best validation accuracy to MODEL, together
+with the params and class names they were trained with. After every epoch the full
+training state goes to CHECKPOINT, from which `train.resume: true` continues an
+interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from dvclive import Live
+
+from common import atomic_path, load_params, run, write_with
+from fmnist.data import CLASSES
+from fmnist.errors import DataError
+from fmnist.model import build_model
+from fmnist.training import evaluate, pick_device, prepare_model, seed_everything, train_epoch
+
+# Params that don't change the numbers a run produces; a checkpoint made under other
+# values of these can still be resumed.
+NOT_RESULT_PARAMS = ("resume", "device", "compile")
+
+
+def load_split(folder: Path, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    path = folder / f"{name}.pt"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the prepare stage first (dvc repro)")
+    data = torch.load(path, weights_only=True)
+    return data["images"].to(device), data["labels"].to(device)
+
+
+def make_optimizer(p: dict, parameters) -> torch.optim.Optimizer:
+    if p["optimizer"] == "sgd":
+        return torch.optim.SGD(parameters, lr=p["lr"], momentum=p["momentum"],
+                               nesterov=p["momentum"] > 0, weight_decay=p["weight_decay"])
+    return torch.optim.AdamW(parameters, lr=p["lr"], betas=(p["momentum"], 0.999), weight_decay=p["weight_decay"])
+
+
+def log_epoch(live: Live, row: dict) -> None:
+    for name, value in row.items():
+        live.log_metric(name, value)
+    live.next_step()
+
+
+def result_params(p: dict) -> dict:
+    return {k: v for k, v in p.items() if k not in NOT_RESULT_PARAMS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prepared", type=Path)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("live_dir", type=Path)
+    args = parser.parse_args()
+    p = load_params()["train"]
+
+    device = pick_device(p["device"])
+    print(f"training on {device.type}" + (" (picked by train.device: auto)" if p["device"] == "auto" else ""))
+    generator = seed_everything(p["seed"])
+    train_x, train_y = load_split(args.prepared, "train", device)
+    val_x, val_y = load_split(args.prepared, "val", device)
+
+    net = build_model(p["model"], len(CLASSES))
+    model = prepare_model(net, device, compile=p["compile"])
+    optimizer = make_optimizer(p, net.parameters())
+    steps_per_epoch = -(-len(train_y) // p["batch_size"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(  # warm up for a quarter, then anneal
+        optimizer, max_lr=p["lr"], total_steps=p["epochs"] * steps_per_epoch, pct_start=0.25)
+
+    start_epoch, history, best = 1, [], {"val_accuracy": -1.0, "epoch": 0, "state_dict": None}
+    if p["resume"] and args.checkpoint.is_file():
+        ckpt = torch.load(args.checkpoint, weights_only=False)
+        if ckpt["params"] == result_params(p):
+            net.load_state_dict(ckpt["state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            generator.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+            print(f"resuming after epoch {ckpt['epoch']} from {args.checkpoint}")
+        else:
+            print(f"{args.checkpoint} was made with other train params; starting afresh")
+
+    # DVCLive writes into a temporary folder that replaces LIVE_DIR only once the run is complete.
+    with atomic_path(args.live_dir) as live_tmp, \
+            Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        for row in history:  # epochs a resumed run did before
+            log_epoch(live, row)
+        for epoch in range(start_epoch, p["epochs"] + 1):
+            t0 = time.perf_counter()
+            train_loss, train_acc = train_epoch(
+                model, optimizer, scheduler, train_x, train_y, batch_size=p["batch_size"], generator=generator,
+                augment=p["augment"], label_smoothing=p["label_smoothing"], device=device, epoch=epoch)
+            val = evaluate(model, val_x, val_y, device=device, batch_size=1000)
+            row = {"train/loss": train_loss, "train/acc": train_acc, "val/loss": val.loss, "val/acc": val.accuracy}
+            history.append(row)
+            log_epoch(live, row)
+            print(f"epoch {epoch}/{p['epochs']}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                  f"val loss {val.loss:.4f} acc {val.accuracy:.4f} | {time.perf_counter() - t0:.1f} s", flush=True)
+            if val.accuracy > best["val_accuracy"]:
+                state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                best = {"val_accuracy": val.accuracy, "epoch": epoch, "state_dict": state}
+            write_with(args.checkpoint, lambda tmp: torch.save({
+                "epoch": epoch, "params": result_params(p), "state_dict": net.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "best": best}, tmp))
+        live.log_metric("best/epoch", best["epoch"], plot=False)
+        live.log_metric("best/val_acc", best["val_accuracy"], plot=False)
+
+    write_with(args.model, lambda tmp: torch.save({
+        "state_dict": best["state_dict"], "model": p["model"], "classes": list(CLASSES),
+        "params": p, "epoch": best["epoch"], "val_accuracy": best["val_accuracy"]}, tmp))
+    print(f"saved epoch {best['epoch']} (val acc {best['val_accuracy']:.4f}) to {args.model}")
+
+
+if __name__ == "__main__":
+    run(main)
