@@ -76,7 +76,7 @@ def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int) -> None:
 
 def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int, generator: torch.Generator,
                 augment: bool, label_smoothing: float, device: torch.device, epoch: int,
-                progress: bool | None = None) -> tuple[float, float]:
+                progress: bool = True) -> tuple[float, float]:
     """One pass over `images` in a fresh random order; returns (mean loss, accuracy).
 
     Accuracy is measured on the augmented batches the model was trained on.
@@ -86,7 +86,7 @@ def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int,
     n_batches = (len(order) + batch_size - 1) // batch_size
     losses = torch.zeros(n_batches, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=progress is False or None)
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if progress else True)
     for b in bar:
         idx = order[b * batch_size:(b + 1) * batch_size]
         x, y = normalize(images[idx]), labels[idx]

@@ -65,6 +65,27 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_dir_entries(folder: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success, move each entry of it into `folder`, whole.
+
+    For folders that hold files the stage doesn't own (DVC keeps a .gitignore in some),
+    so the folder itself can't be swapped.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    _remove(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        folder.mkdir(exist_ok=True)
+        for entry in sorted(tmp.iterdir()):
+            _remove(folder / entry.name)
+            os.replace(entry, folder / entry.name)
+    finally:
+        _remove(tmp)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

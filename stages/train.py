@@ -12,13 +12,14 @@ interrupted run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 
 import torch
 from dvclive import Live
 
-from common import atomic_path, load_params, run, write_with
+from common import atomic_dir_entries, load_params, run, write_with
 from fmnist.data import CLASSES
 from fmnist.errors import DataError
 from fmnist.model import build_model
@@ -50,8 +51,10 @@ def log_epoch(live: Live, row: dict) -> None:
     live.next_step()
 
 
-def result_params(p: dict) -> dict:
-    return {k: v for k, v in p.items() if k not in NOT_RESULT_PARAMS}
+def run_key(p: dict, labels: torch.Tensor, images: torch.Tensor) -> dict:
+    """What a checkpoint must match to be resumed: the params that shape results, and the data."""
+    digest = hashlib.sha256(images.cpu().numpy().tobytes() + labels.cpu().numpy().tobytes()).hexdigest()
+    return {"params": {k: v for k, v in p.items() if k not in NOT_RESULT_PARAMS}, "data_sha256": digest}
 
 
 def main() -> None:
@@ -76,10 +79,11 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(  # warm up for a quarter, then anneal
         optimizer, max_lr=p["lr"], total_steps=p["epochs"] * steps_per_epoch, pct_start=0.25)
 
+    key = run_key(p, train_y, train_x)
     start_epoch, history, best = 1, [], {"val_accuracy": -1.0, "epoch": 0, "state_dict": None}
     if p["resume"] and args.checkpoint.is_file():
         ckpt = torch.load(args.checkpoint, weights_only=False)
-        if ckpt["params"] == result_params(p):
+        if ckpt["key"] == key:
             net.load_state_dict(ckpt["state_dict"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -88,10 +92,10 @@ def main() -> None:
             start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
             print(f"resuming after epoch {ckpt['epoch']} from {args.checkpoint}")
         else:
-            print(f"{args.checkpoint} was made with other train params; starting afresh")
+            print(f"{args.checkpoint} was made with other train params or data; starting afresh")
 
-    # DVCLive writes into a temporary folder that replaces LIVE_DIR only once the run is complete.
-    with atomic_path(args.live_dir) as live_tmp, \
+    # DVCLive writes into a temporary folder whose files move to LIVE_DIR once the run is complete.
+    with atomic_dir_entries(args.live_dir) as live_tmp, \
             Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         for row in history:  # epochs a resumed run did before
             log_epoch(live, row)
@@ -110,7 +114,7 @@ def main() -> None:
                 state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 best = {"val_accuracy": val.accuracy, "epoch": epoch, "state_dict": state}
             write_with(args.checkpoint, lambda tmp: torch.save({
-                "epoch": epoch, "params": result_params(p), "state_dict": net.state_dict(),
+                "epoch": epoch, "key": key, "state_dict": net.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": history, "best": best}, tmp))

@@ -1,0 +1,33 @@
+# Two commands get you going on a fresh clone (Python 3.11 and pip are all you need):
+#   make repro   set up .venv on first use, then run the whole pipeline (dvc repro)
+#   make test    set up .venv with the test extra on first use, then run the tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+# Stage commands call `python`: put the venv first on PATH for every DVC call.
+RUN    := PATH="$(BIN):$$PATH"
+
+.PHONY: repro test help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make repro   run the pipeline (creates .venv on first use)"
+	@echo "make test    run the test suite (creates .venv on first use)"
+
+# The pinned dependencies are in pyproject.toml; editing it re-runs the install.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required, found " + sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+repro: $(VENV)/.installed
+	$(RUN) dvc repro
+
+test: $(VENV)/.installed-test
+	$(RUN) python -m pytest

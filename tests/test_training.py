@@ -1,0 +1,110 @@
+"""Model shapes, the training loop's behaviour, devices, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import synthetic
+from fmnist.errors import ParamError, TrainingDiverged
+from fmnist.model import ARCHITECTURES, build_model
+from fmnist.training import evaluate, pick_device, prepare_model, seed_everything, train_epoch
+
+CPU = torch.device("cpu")
+
+
+def tiny(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = synthetic(n, seed)
+    return torch.from_numpy(images), torch.from_numpy(labels).long()
+
+
+def fit(seed: int, epochs: int = 2, lr: float = 0.05, model: str = "cnn"):
+    generator = seed_everything(seed)
+    net = build_model(model)
+    m = prepare_model(net, CPU)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    x, y = tiny()
+    losses = [train_epoch(m, opt, sched, x, y, batch_size=32, generator=generator, augment=True,
+                          label_smoothing=0.1, device=CPU, epoch=e, progress=False)[0]
+              for e in range(1, epochs + 1)]
+    return net, losses
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_output_shapes(name):
+    model = build_model(name).eval()
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_loss_falls_when_overfitting_one_batch(name):
+    torch.manual_seed(0)
+    model = build_model(name)
+    x, y = tiny(32)
+    x = (x.float() / 255).unsqueeze(1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+
+
+def test_train_epoch_learns_and_evaluate_scores():
+    net, losses = fit(seed=0, epochs=3)
+    assert losses[-1] < losses[0]
+    x, y = tiny(120, seed=5)
+    result = evaluate(net, x, y, device=CPU, batch_size=50, tta=True)
+    assert result.probs.shape == (120, 10)
+    assert torch.allclose(result.probs.sum(1), torch.ones(120), atol=1e-5)
+    assert result.accuracy > 0.5 and result.loss > 0
+
+
+def test_one_seed_gives_identical_weights_and_another_does_not():
+    a, _ = fit(seed=1)
+    b, _ = fit(seed=1)
+    c, _ = fit(seed=2)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_a_diverging_loss_stops_training_naming_epoch_and_batch():
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, batch \d+ of 8; try a smaller train.lr"):
+        fit(seed=0, epochs=1, lr=1e12)
+
+
+def test_auto_never_picks_a_device_that_is_not_there():
+    device = pick_device("auto")
+    assert device.type in ("cuda", "mps", "cpu")
+    if device.type == "cuda":
+        assert torch.cuda.is_available()
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert device.type == "cpu"
+    assert pick_device("cpu") == CPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_a_missing_cuda_is_a_clear_error():
+    with pytest.raises(ParamError, match="train.device: cuda was asked for but this machine has no cuda device"):
+        pick_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_path_trains_with_data_on_the_device():
+    generator = seed_everything(0)
+    dev = torch.device("cuda")
+    net = build_model("cnn")
+    m = prepare_model(net, dev)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    x, y = tiny()
+    x, y = x.to(dev), y.to(dev)
+    loss, acc = train_epoch(m, opt, sched, x, y, batch_size=32, generator=generator, augment=True,
+                            label_smoothing=0.1, device=dev, epoch=1, progress=False)
+    assert next(net.parameters()).is_cuda and loss == loss and 0 <= acc <= 1
