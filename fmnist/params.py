@@ -19,6 +19,7 @@ from fmnist.errors import ParamError
 MODELS = ("cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 TRAIN_IMAGES = 60_000  # size of the training file the validation set is cut from
 
 
@@ -63,7 +64,9 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "augment": _BOOL,
         "seed": _int(0),
         "device": _choice(DEVICES),
+        "precision": _choice(PRECISIONS),
         "compile": _BOOL,
+        "nproc": _int(1, 64),
         "resume": _BOOL,
     },
     "evaluate": {

@@ -12,12 +12,15 @@ process and no per-image transform.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fmnist.data import augment as augment_batch
@@ -40,8 +43,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed the global RNGs (weight init, dropout) and return the generator for data order.
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs before the model's weights are drawn.
 
     CPU runs are then bit-for-bit repeatable for a fixed thread count. On CUDA, cuDNN
     picks convolution kernels whose backward passes use atomic adds, so the last bits
@@ -50,51 +53,124 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, compile: bool = False) -> torch.nn.Module:
-    """Move `model` to `device` in channels_last layout (faster convolutions on CPU and GPU)."""
+def prepare_model(model: torch.nn.Module, device: torch.device, compile: bool = False,
+                  world: Dist | None = None) -> torch.nn.Module:
+    """Move `model` to `device` in channels_last layout (faster convolutions on CPU and GPU);
+    wrap it in DistributedDataParallel under torchrun, and compile it if asked."""
     model = model.to(device, memory_format=torch.channels_last)
+    if world is not None and world.world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(model) if compile else model
 
 
-def autocast(device: torch.device):
-    # bf16 autocast on CUDA only: CPUs without AMX run bf16 convolutions slower than fp32.
+def _cpu_has_bf16() -> bool:
+    try:  # AVX512-BF16 or AMX; without them bf16 convolutions run slower than fp32
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.precision`: None means plain fp32.
+
+    `auto` takes bf16 where the hardware runs it natively (CUDA GPUs from Ampere on,
+    CPUs with AVX512-BF16 or AMX), about twice as fast there as fp32; fp32 elsewhere.
+    """
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and _cpu_has_bf16():
+            return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in a torchrun launch; rank 0 of 1 when run alone."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun set up (NCCL on CUDA, Gloo on CPU), if any.
+
+    Returns this process's Dist and its device (cuda:LOCAL_RANK on a multi-GPU node).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), device
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size()), device
 
 
-def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int) -> None:
+def epoch_generators(seed: int, epoch: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """(data order, augmentation) generators for one epoch; also seeds dropout.
+
+    The order is the same on every rank (each then takes its own shard of it); the
+    augmentation draws differ per rank. Deriving every stream from (seed, epoch, rank),
+    instead of carrying one through the run, lets a resumed run continue exactly where
+    an interrupted one stopped without saving any RNG state.
+    """
+    order_seed, = np.random.SeedSequence([seed, epoch]).generate_state(1)
+    aug_seed, dropout_seed = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    torch.manual_seed(int(dropout_seed))
+    return torch.Generator().manual_seed(int(order_seed)), torch.Generator().manual_seed(int(aug_seed))
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int, world: Dist) -> None:
     bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        b = int(bad[0])
-        raise TrainingDiverged(f"training diverged: the loss became {losses[b].item()} at epoch {epoch}, "
+    first = torch.tensor([int(bad[0]) if len(bad) else n_batches], device=losses.device)
+    if world.world > 1:  # every rank must stop together, or the others wait forever
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    b = int(first)
+    if b < n_batches:
+        raise TrainingDiverged(f"training diverged: the loss became non-finite at epoch {epoch}, "
                                f"batch {b + 1} of {n_batches}; try a smaller train.lr")
 
 
-def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int, generator: torch.Generator,
-                augment: bool, label_smoothing: float, device: torch.device, epoch: int,
-                progress: bool = True) -> tuple[float, float]:
-    """One pass over `images` in a fresh random order; returns (mean loss, accuracy).
+def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int, seed: int, epoch: int,
+                augment: bool, label_smoothing: float, device: torch.device, dtype: torch.dtype | None = None,
+                world: Dist = Dist(), progress: bool = True) -> tuple[float, float]:
+    """One pass over `images` in this epoch's random order; returns (mean loss, accuracy).
 
+    Under torchrun each rank trains on its own shard of the order, `batch_size` images
+    a step (DDP averages the gradients); the returned figures cover all ranks.
     Accuracy is measured on the augmented batches the model was trained on.
     """
     model.train()
-    order = torch.randperm(len(images), generator=generator).to(device)
-    n_batches = (len(order) + batch_size - 1) // batch_size
+    order_gen, aug_gen = epoch_generators(seed, epoch, world.rank)
+    order = torch.randperm(len(images), generator=order_gen)
+    order = order[:len(order) - len(order) % world.world][world.rank::world.world].to(device)
+    n_batches = -(-len(order) // batch_size)
     losses = torch.zeros(n_batches, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=None if progress else True)
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False,
+               disable=None if progress and world.main else True)
     for b in bar:
         idx = order[b * batch_size:(b + 1) * batch_size]
         x, y = normalize(images[idx]), labels[idx]
         if augment:
-            x = augment_batch(x, generator)
+            x = augment_batch(x, aug_gen)
         x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device):
+        with autocast(device, dtype):
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         loss.backward()
@@ -102,13 +178,16 @@ def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int,
         scheduler.step()
         losses[b] = loss.detach()
         correct += (logits.argmax(1) == y).sum()
-        if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:
-            _check_finite(losses[:b + 1], epoch, n_batches)
+        if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:  # a sync point: a GPU runs ahead in between
+            _check_finite(losses[:b + 1], epoch, n_batches, world)
             bar.set_postfix(loss=f"{losses[b].item():.4f}")
     # Each batch's loss weighs by its size, so a short last batch counts for less.
     sizes = torch.full((n_batches,), float(batch_size), device=device)
     sizes[-1] = len(order) - batch_size * (n_batches - 1)
-    return float((losses * sizes).sum() / len(order)), float(correct) / len(order)
+    totals = torch.stack([(losses * sizes).sum(), correct.float(), torch.tensor(float(len(order)), device=device)])
+    if world.world > 1:
+        dist.all_reduce(totals)
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
 
 @dataclass
@@ -119,7 +198,8 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, *, device: torch.device, batch_size: int, tta: bool = False) -> Evaluation:
+def evaluate(model, images, labels, *, device: torch.device, batch_size: int, tta: bool = False,
+             dtype: torch.dtype | None = None) -> Evaluation:
     """Mean cross-entropy, accuracy and class probabilities of `model` on a whole set.
 
     With `tta`, each image's probabilities average those of the image and its mirror
@@ -129,7 +209,7 @@ def evaluate(model, images, labels, *, device: torch.device, batch_size: int, tt
     probs = []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, dtype):
             p = model(x).float().softmax(1)
             if tta:
                 p = (p + model(x.flip(3)).float().softmax(1)) / 2

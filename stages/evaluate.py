@@ -20,7 +20,7 @@ from common import load_params, run, write_json, write_with
 from fmnist.errors import DataError
 from fmnist.metrics import confusion_rows, misclassified_grid, per_class_table, summarize
 from fmnist.model import build_model
-from fmnist.training import evaluate, pick_device, prepare_model
+from fmnist.training import evaluate, pick_device, pick_dtype, prepare_model
 
 
 def main() -> None:
@@ -41,7 +41,9 @@ def main() -> None:
     model = prepare_model(net, device)
     test = torch.load(args.prepared / "test.pt", weights_only=True)
 
-    result = evaluate(model, test["images"], test["labels"], device=device, batch_size=p["batch_size"], tta=p["tta"])
+    dtype = pick_dtype(params["train"]["precision"], device)
+    result = evaluate(model, test["images"], test["labels"], device=device, batch_size=p["batch_size"],
+                      tta=p["tta"], dtype=dtype)
     labels, probs = test["labels"].numpy(), result.probs.numpy()
     preds = probs.argmax(1)
     summary = summarize(labels, probs, result.loss)

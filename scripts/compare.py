@@ -1,0 +1,158 @@
+"""Compare the workspace's results with those of a git revision; write reports/compare.md.
+
+    make compare BASE=main                     # or, in the activated .venv:
+    python scripts/compare.py --base main      # from the repository's top folder
+
+The report holds the params diff, test accuracy, loss and macro F1 (base, head, delta;
+the numbers of `dvc metrics diff BASE`), per-class F1, the training curves of both
+sides (reports/curves.png) and their confusion matrices (reports/confusion.png), and a
+one-line verdict. The head is the workspace; run `dvc repro` first. BASE's results come
+from git (metrics/eval.json) and the DVC cache (curves, confusion rows): when they are
+not there, `dvc fetch -a` gets them from a DVC remote, or reproduce BASE.
+
+Exits 1 when test accuracy falls by more than `compare.max_accuracy_drop` of the
+workspace's params.yaml (the report is written first), or when something is missing;
+either way with one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+# Reuse the stages' atomic writes, params checks and one-line error reporting.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+from common import load_params, run, write_bytes, write_with  # noqa: E402
+
+from fmnist.errors import PipelineError  # noqa: E402
+from fmnist.report import (  # noqa: E402
+    CURVES, confusion_figure, confusion_matrix, curves_figure, metrics_table, per_class_f1_table,
+    render_markdown, verdict,
+)
+
+# The pipeline's outputs, as dvc.yaml's `vars` name them.
+EVAL = "metrics/eval.json"
+CONFUSION = "metrics/confusion.csv"
+PLOTS = "metrics/train/plots/metrics"  # DVCLive: <PLOTS>/<split>/<metric>.tsv
+PICTURES = {"training curves": "curves.png", "confusion matrices": "confusion.png"}
+
+
+def git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def resolve(rev: str) -> str:
+    """The full commit sha `rev` names, or a PipelineError saying how to get it."""
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(
+            f"base revision '{rev}' is not a commit of this git repository; name an existing branch, tag "
+            f"or commit, or fetch it first (git fetch origin; a CI checkout needs the full history, "
+            f"fetch-depth: 0)")
+    return proc.stdout.strip()
+
+
+def label(rev: str, sha: str) -> str:
+    return rev if sha.startswith(rev) else f"{rev} = {sha[:7]}"
+
+
+def reproduce_hint(rev: str) -> str:
+    return (f"fetch them from the DVC remote with `dvc fetch -a` (or `git checkout {rev} && dvc pull`); "
+            f"without a remote, reproduce the base: `git checkout {rev} && dvc repro` (if its results differ "
+            f"from its committed dvc.lock, commit them on a branch and compare against that)")
+
+
+def read_base(fs, path: str, rev: str, sha: str) -> str:
+    """A file of BASE, from git or, for DVC outputs, the DVC cache (or remote)."""
+    try:
+        return fs.read_text(path)
+    # DVC says "not in the cache" with several exception types (FileNotFoundError,
+    # DataIndexDirError for a folder, remote errors); all mean the same thing here.
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(f"{path} of the base ({label(rev, sha)}) is neither in git nor in the DVC cache "
+                            f"({type(exc).__name__}: {exc}); {reproduce_hint(rev)}") from None
+
+
+def read_head(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing in the workspace; run `dvc repro` (or `dvc pull`) first") from None
+
+
+def read_results(read) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """One side's training curves and confusion matrix, each file read with `read(path)`."""
+    curves = {name: pd.read_csv(io.StringIO(read(f"{PLOTS}/{name}.tsv")), sep="\t") for name in CURVES}
+    return curves, confusion_matrix(pd.read_csv(io.StringIO(read(CONFUSION))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for compare.md and the PNGs")
+    args = parser.parse_args()
+    if not Path("dvc.yaml").is_file():
+        raise PipelineError("dvc.yaml not found; run from the repository's top folder")
+
+    sha = resolve(args.base)
+    max_drop = load_params()["compare"]["max_accuracy_drop"]  # the head's threshold
+
+    # Imported late: a bad --base or params.yaml is reported without waiting for DVC.
+    from dvc.api import DVCFileSystem
+    from dvc.repo import Repo
+
+    repo = Repo(".")
+    # The same calls as `dvc params diff BASE` and `dvc metrics diff BASE --all`.
+    params_diff = repo.params.diff(a_rev=sha).get("diff", {}).get("params.yaml", {})
+    eval_diff = repo.metrics.diff(a_rev=sha, all=True).get("diff", {}).get(EVAL, {})
+    metrics = metrics_table(eval_diff)
+    accuracy = metrics.set_index("key").loc["accuracy"]
+    if pd.isna(accuracy["base"]):
+        raise PipelineError(f"the base ({label(args.base, sha)}) has no committed results (no test accuracy in "
+                            f"its {EVAL}); compare against a commit made after `dvc repro`, or reproduce the base: "
+                            f"`git checkout {args.base} && dvc repro`")
+    if pd.isna(accuracy["head"]):
+        raise PipelineError(f"{EVAL}: missing in the workspace; run `dvc repro` first")
+
+    fs = DVCFileSystem(".", rev=sha)
+    base_curves, base_confusion = read_results(lambda path: read_base(fs, path, args.base, sha))
+    head_curves, head_confusion = read_results(read_head)
+
+    notes = []
+    stale = repo.status()  # what `dvc status` lists: the workspace's results don't match its params/code
+    if stale:
+        notes.append(f"The workspace's results are out of date (`dvc status` lists {', '.join(sorted(stale))}); "
+                     "run `dvc repro` before comparing.")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    head = git("rev-parse", "--short", "HEAD")
+    ok, line = verdict(accuracy["base"], accuracy["head"], max_drop)
+    text = render_markdown(
+        base_label=f"`{label(args.base, sha)}`",
+        head_label=f"the workspace (`HEAD` = `{head}`{', with uncommitted changes' if dirty else ''})",
+        ok=ok, verdict_line=line, params_diff=params_diff, metrics=metrics,
+        per_class=per_class_f1_table(eval_diff), pictures=PICTURES, notes=notes)
+
+    figures = {"curves.png": curves_figure({"base": base_curves, "head": head_curves}),
+               "confusion.png": confusion_figure({"base": base_confusion, "head": head_confusion})}
+    for name, fig in figures.items():
+        write_with(args.out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    write_bytes(args.out / "compare.md", text.encode())
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"wrote {args.out / 'compare.md'} and {', '.join(str(args.out / n) for n in figures)}")
+    if not ok:
+        raise PipelineError(f"{line} (see {args.out / 'compare.md'})")
+    print(line)
+
+
+if __name__ == "__main__":
+    run(main)
