@@ -10,12 +10,13 @@ RUN    := PATH="$(BIN):$$PATH"
 # The git revision `make compare` compares the workspace with.
 BASE   ?= main
 
-.PHONY: repro test compare help
+.PHONY: repro test compare bench help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make repro   run the pipeline (creates .venv on first use)"
 	@echo "make test    run the test suite (creates .venv on first use)"
+	@echo "make bench   tutorial's training vs this project's: reports/bench.md"
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
 
 # The pinned dependencies are in pyproject.toml; editing it re-runs the install.
@@ -37,6 +38,11 @@ repro: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(RUN) python -m pytest
+
+# The benchmark trains several models one after the other: about 15 minutes on 2 CPU cores.
+bench: $(VENV)/.installed
+	$(RUN) dvc repro download
+	$(RUN) python bench/bench.py --raw data/raw --out reports/bench
 
 compare: $(VENV)/.installed
 	$(RUN) python scripts/compare.py --base $(BASE)

@@ -88,6 +88,20 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def make_optimizer(p: dict, net: torch.nn.Module, steps_per_epoch: int):
+    """The optimizer `train.optimizer` names and its one-cycle schedule (warm-up over the
+    first quarter of all steps, then cosine annealing), from the params' train section."""
+    if p["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=p["lr"], momentum=p["momentum"],
+                                    nesterov=p["momentum"] > 0, weight_decay=p["weight_decay"])
+    else:
+        optimizer = torch.optim.AdamW(net.parameters(), lr=p["lr"], betas=(p["momentum"], 0.999),
+                                      weight_decay=p["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=p["lr"], total_steps=p["epochs"] * steps_per_epoch, pct_start=0.25)
+    return optimizer, scheduler
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

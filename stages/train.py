@@ -35,7 +35,7 @@ from fmnist.data import CLASSES
 from fmnist.errors import DataError
 from fmnist.model import build_model
 from fmnist.training import (
-    evaluate, init_distributed, pick_device, pick_dtype, prepare_model, seed_everything, train_epoch,
+    evaluate, init_distributed, make_optimizer, pick_device, pick_dtype, prepare_model, seed_everything, train_epoch,
 )
 
 # Params that don't change the numbers a run produces: a checkpoint made under other
@@ -49,13 +49,6 @@ def load_split(folder: Path, name: str, device: torch.device) -> tuple[torch.Ten
         raise DataError(f"{path}: missing; run the prepare stage first (dvc repro)")
     data = torch.load(path, weights_only=True)
     return data["images"].to(device), data["labels"].to(device)
-
-
-def make_optimizer(p: dict, parameters) -> torch.optim.Optimizer:
-    if p["optimizer"] == "sgd":
-        return torch.optim.SGD(parameters, lr=p["lr"], momentum=p["momentum"],
-                               nesterov=p["momentum"] > 0, weight_decay=p["weight_decay"])
-    return torch.optim.AdamW(parameters, lr=p["lr"], betas=(p["momentum"], 0.999), weight_decay=p["weight_decay"])
 
 
 def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -100,12 +93,9 @@ def main() -> None:
     seed_everything(p["seed"])  # the same initial weights on every rank
     net = build_model(p["model"], len(CLASSES))
     model = prepare_model(net, device, compile=p["compile"], world=world)
-    optimizer = make_optimizer(p, net.parameters())
     # train.batch_size is the global batch: each of the N processes takes 1/N of it.
     batch_size = max(1, p["batch_size"] // world.world)
-    steps_per_epoch = -(-(len(train_y) // world.world) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(  # warm up for a quarter, then anneal
-        optimizer, max_lr=p["lr"], total_steps=p["epochs"] * steps_per_epoch, pct_start=0.25)
+    optimizer, scheduler = make_optimizer(p, net, steps_per_epoch=-(-(len(train_y) // world.world) // batch_size))
 
     key = run_key(p, train_x, train_y)
     start_epoch, history, best = 1, [], {"val_accuracy": -1.0, "epoch": 0, "state_dict": None}
