@@ -55,6 +55,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to `device`; to a GPU from pinned memory without blocking the host."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device, compile: bool = False,
                   world: Dist | None = None) -> torch.nn.Module:
     """Move `model` to `device` in channels_last layout (faster convolutions on CPU and GPU);
@@ -171,7 +178,7 @@ def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int,
     model.train()
     order_gen, aug_gen = epoch_generators(seed, epoch, world.rank)
     order = torch.randperm(len(images), generator=order_gen)
-    order = order[:len(order) - len(order) % world.world][world.rank::world.world].to(device)
+    order = to_device(order[:len(order) - len(order) % world.world][world.rank::world.world], device)
     n_batches = -(-len(order) // batch_size)
     losses = torch.zeros(n_batches, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -222,7 +229,7 @@ def evaluate(model, images, labels, *, device: torch.device, batch_size: int, tt
     model.eval()
     probs = []
     for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        x = normalize(to_device(images[start:start + batch_size], device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             p = model(x).float().softmax(1)
             if tta:

@@ -35,7 +35,8 @@ from fmnist.data import CLASSES
 from fmnist.errors import DataError
 from fmnist.model import build_model
 from fmnist.training import (
-    evaluate, init_distributed, make_optimizer, pick_device, pick_dtype, prepare_model, seed_everything, train_epoch,
+    evaluate, init_distributed, make_optimizer, pick_device, pick_dtype, prepare_model, seed_everything, to_device,
+    train_epoch,
 )
 
 # Params that don't change the numbers a run produces: a checkpoint made under other
@@ -43,12 +44,17 @@ from fmnist.training import (
 NOT_RESULT_PARAMS = ("resume", "device", "compile")
 
 
-def load_split(folder: Path, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def split_path(folder: Path, name: str) -> Path:
     path = folder / f"{name}.pt"
     if not path.is_file():
         raise DataError(f"{path}: missing; run the prepare stage first (dvc repro)")
-    data = torch.load(path, weights_only=True)
-    return data["images"].to(device), data["labels"].to(device)
+    return path
+
+
+def load_split(folder: Path, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.load(split_path(folder, name), weights_only=True)
+    # Moved once: the whole split stays on the device for the run.
+    return to_device(data["images"], device), to_device(data["labels"], device)
 
 
 def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -79,6 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     p = load_params()["train"]
     if p["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
+        pick_device(p["device"])  # report a bad device or missing data here, once, not from N processes
+        split_path(args.prepared, "train"), split_path(args.prepared, "val")
         sys.exit(relaunch_under_torchrun(p["nproc"]))
 
     world, device = init_distributed(pick_device(p["device"]))

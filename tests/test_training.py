@@ -8,7 +8,7 @@ import torch
 from conftest import synthetic
 from fmnist.errors import ParamError, TrainingDiverged
 from fmnist.model import ARCHITECTURES, build_model
-from fmnist.training import evaluate, pick_device, prepare_model, seed_everything, train_epoch
+from fmnist.training import evaluate, pick_device, pick_dtype, prepare_model, seed_everything, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -87,6 +87,7 @@ def test_auto_never_picks_a_device_that_is_not_there():
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
         assert device.type == "cpu"
     assert pick_device("cpu") == CPU
+    assert pick_dtype("fp32", CPU) is None and pick_dtype("bf16", CPU) == torch.bfloat16
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -108,3 +109,8 @@ def test_cuda_path_trains_with_data_on_the_device():
     loss, acc = train_epoch(m, opt, sched, x, y, batch_size=32, seed=0, augment=True, label_smoothing=0.1,
                             device=dev, epoch=1, dtype=torch.bfloat16, progress=False)
     assert next(net.parameters()).is_cuda and loss == loss and 0 <= acc <= 1
+    assert pick_device("auto").type == "cuda"
+    if torch.cuda.is_bf16_supported():
+        assert pick_dtype("auto", dev) == torch.bfloat16
+    result = evaluate(net, x.cpu(), y.cpu(), device=dev, batch_size=64, tta=True, dtype=torch.bfloat16)
+    assert result.probs.shape == (len(y), 10) and 0 <= result.accuracy <= 1
