@@ -80,6 +80,7 @@ def test_default_local_remote_push_then_pull_in_a_fresh_clone(tmp_path, tiny_raw
     # .dvc/config's default remote is a folder next to the repo's folder, outside its work tree.
     store = tmp_path / "fmnist-dvc-remote"
     assert repo.dvc("remote", "default").stdout.strip() == "local"
+    repo.env["COLUMNS"] = "1000"  # `dvc remote list` cuts long paths to the terminal's width
     name, url, *_ = repo.dvc("remote", "list").stdout.split()
     assert name == "local" and Path(url) == store, url
     assert not store.exists()
