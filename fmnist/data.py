@@ -80,13 +80,10 @@ def parse_idx(raw: bytes, name: str, kind: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def check_pair(images: np.ndarray, labels: np.ndarray, images_name: str, labels_name: str,
-               expected_count: int | None = None) -> None:
+def check_pair(images: np.ndarray, labels: np.ndarray, images_name: str, labels_name: str) -> None:
     """Raise DataError unless images and labels form one valid Fashion-MNIST split."""
     if len(images) != len(labels):
         raise DataError(f"{images_name} holds {len(images)} images but {labels_name} holds {len(labels)} labels")
-    if expected_count is not None and len(images) != expected_count:
-        raise DataError(f"{images_name}: {len(images)} images, expected {expected_count}")
     if len(labels) and labels.max() > 9:
         bad = int(np.flatnonzero(labels > 9)[0])
         raise DataError(f"{labels_name}: label {int(labels[bad])} at position {bad}, expected 0-9")

@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fmnist.errors import ParamError
-
 MODELS = ("cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
