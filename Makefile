@@ -1,4 +1,4 @@
-# Two commands get you going on a fresh clone (Python 3.11 and pip are all you need):
+# Two commands get you going on a fresh clone (Python 3.10 to 3.13 and pip are all you need):
 #   make repro   set up .venv on first use, then run the whole pipeline (dvc repro)
 #   make test    set up .venv with the test extra on first use, then run the tests
 #   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
@@ -21,7 +21,7 @@ help:
 
 # The pinned dependencies are in pyproject.toml; editing it re-runs the install.
 $(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required, found " + sys.version.split()[0])'
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13) and "Python 3.10 to 3.13 is required (what torch 2.14 and DVC support), found " + sys.version.split()[0] + " at " + sys.executable + "; pick another with make PYTHON=python3.12")' || { command -v $(PYTHON) >/dev/null || echo "$(PYTHON) not found; install Python 3.10 to 3.13 or name one with make PYTHON=..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .

@@ -35,11 +35,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from fmnist.data import RAW_FILES, parse_idx, split_train_val
+from fmnist.data import RAW_FILES, split_train_val
+from fmnist.files import read_raw_split
 from fmnist.model import build_model
-from fmnist.training import (
-    evaluate, make_optimizer, pick_device, pick_dtype, prepare_model, seed_everything, train_epoch,
-)
+from fmnist.training import build, evaluate, fit, pick_device, pick_dtype
 
 TARGET = 0.89
 # The documented profiles (README, "Profiles"): overrides of params.yaml's train section.
@@ -51,9 +50,8 @@ PROFILES = {
 
 def load_raw(raw: Path) -> dict[str, torch.Tensor]:
     out = {}
-    for (split, kind), name in RAW_FILES.items():
-        array = parse_idx((raw / name).read_bytes(), str(raw / name), kind)
-        out[f"{split}_{kind}"] = torch.from_numpy(array.astype("int64") if kind == "labels" else array.copy())
+    for split in ("train", "test"):
+        out[f"{split}_images"], out[f"{split}_labels"] = read_raw_split(raw, split)
     return out
 
 
@@ -99,34 +97,33 @@ def run_reference(raw: Path, epochs: int = 5) -> dict:
 
 
 def run_profile(raw: Path, params: dict, overrides: dict, seed: int) -> dict:
-    """The project's training path: whole tensors, the loop of fmnist.training, best epoch on validation."""
+    """The train stage's own training (fmnist.training.fit), with the test set scored every
+    CHECK_EVERY steps while the clock is stopped; the model is the epoch best on validation."""
     p = {**params["train"], **overrides, "seed": seed}
     data = load_raw(raw)
     train_idx, val_idx = split_train_val(len(data["train_labels"]), params["data"]["val_size"], params["data"]["seed"])
     device = pick_device(p["device"])
     dtype = pick_dtype(p["precision"], device)
-    x, y = data["train_images"][train_idx].to(device), data["train_labels"][train_idx].to(device)
-    vx, vy = data["train_images"][val_idx].to(device), data["train_labels"][val_idx].to(device)
-    tx, ty = data["test_images"], data["test_labels"]
+    train = data["train_images"][train_idx].to(device), data["train_labels"][train_idx].to(device)
+    val = data["train_images"][val_idx].to(device), data["train_labels"][val_idx].to(device)
+    test = data["test_images"], data["test_labels"]
+    clock = {"start": time.perf_counter(), "paused": 0.0}
+    curve, at_epoch = [], {}
 
-    seed_everything(seed)
-    net = build_model(p["model"])
-    model = prepare_model(net, device, compile=p["compile"])
-    optimizer, scheduler = make_optimizer(p, net, steps_per_epoch=-(-len(y) // p["batch_size"]))
-    clock, curve, best = 0.0, [], (-1.0, None)
-    for epoch in range(1, p["epochs"] + 1):
-        t0 = time.perf_counter()
-        train_epoch(model, optimizer, scheduler, x, y, batch_size=p["batch_size"], seed=seed, epoch=epoch,
-                    augment=p["augment"], label_smoothing=p["label_smoothing"], device=device, dtype=dtype,
-                    progress=False)
-        val = evaluate(net, vx, vy, device=device, batch_size=1000, dtype=dtype)
-        clock += time.perf_counter() - t0  # validation is part of training: it picks the model
-        test = evaluate(net, tx, ty, device=device, batch_size=params["evaluate"]["batch_size"],
-                        tta=params["evaluate"]["tta"], dtype=dtype)
-        curve.append((clock, test.accuracy))
-        if val.accuracy > best[0]:
-            best = (val.accuracy, test.accuracy)
-    return {"train_seconds": clock, "images": p["epochs"] * len(y), "curve": curve, "final_test_accuracy": best[1]}
+    def score(epoch: int, step: int) -> None:  # off the clock
+        t = time.perf_counter()
+        result = evaluate(net, *test, device=device, batch_size=params["evaluate"]["batch_size"],
+                          tta=params["evaluate"]["tta"], dtype=dtype)
+        curve.append((t - clock["start"] - clock["paused"], result.accuracy))
+        at_epoch[epoch] = result.accuracy
+        clock["paused"] += time.perf_counter() - t
+
+    net, model, optimizer, scheduler = build(p, len(train[1]), device)
+    progress = fit(p, net, model, optimizer, scheduler, train, val, device=device, dtype=dtype, on_step=score,
+                   show_progress=False)
+    seconds = time.perf_counter() - clock["start"] - clock["paused"]
+    return {"train_seconds": seconds, "images": p["epochs"] * len(train[1]), "curve": curve,
+            "final_test_accuracy": at_epoch[progress.best["epoch"]]}
 
 
 def one(args) -> None:

@@ -1,4 +1,21 @@
-"""The pipeline's expected failures. A stage reports any of them as one clear line and exits 1."""
+"""The pipeline's expected failures, and how every entry point reports them.
+
+    if __name__ == "__main__":
+        run(main)     # one line on stderr and exit 1, never a traceback
+
+A stage, script or command wrapped in `run` reports a PipelineError, or an OSError
+(disk full, permission denied), as one line naming the file or param and exits 1;
+Ctrl-C exits 130 and SIGTERM (what CI runners and schedulers send on cancel) 143,
+after saying that outputs are whole or absent (they are written by atomic rename).
+Anything else is a bug: one line too, and the traceback with FMNIST_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Callable
 
 
 class PipelineError(Exception):
@@ -6,12 +23,51 @@ class PipelineError(Exception):
 
 
 class DataError(PipelineError, ValueError):
-    """Raw or prepared data are not what the pipeline expects."""
+    """A file the pipeline reads (raw or prepared data, a model, a checkpoint) is missing or damaged."""
 
 
 class ParamError(PipelineError, ValueError):
     """params.yaml (or a -S override) holds a value the pipeline can't use."""
 
 
+class OutputError(PipelineError, OSError):
+    """An output could not be written (no space, file too large, read-only folder)."""
+
+
 class TrainingDiverged(PipelineError, RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised like KeyboardInterrupt so the same clean-up runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run an entry point's main(); report failures in one line with the right exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = main()
+    except PipelineError as exc:
+        _fail(f"error: {exc}", 1)
+    except OSError as exc:  # a file the code didn't expect to fail, e.g. a log written by a library
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"error: {where}{exc.strerror or exc}", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; outputs are written whole or not at all", 130)
+    except Terminated:
+        _fail("terminated (SIGTERM); outputs are written whole or not at all", 128 + signal.SIGTERM)
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+        if os.environ.get("FMNIST_DEBUG"):
+            raise
+        _fail(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+              f"(this is a bug; FMNIST_DEBUG=1 shows the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(code)

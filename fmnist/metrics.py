@@ -1,49 +1,39 @@
 """Test-set metrics (scikit-learn) and the pictures of the evaluate stage (matplotlib).
 
     summary = summarize(labels, probs, loss)       # dict for metrics/eval.json
-    table = per_class_table(summary)               # pandas DataFrame, one row a class
+    table = per_class_table(labels, preds)         # pandas DataFrame, one row a class
     fig = misclassified_grid(images, labels, preds, n=25)
 """
 
 from __future__ import annotations
 
-import re
+# Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
+# screen needed, nothing global changed for a notebook that imports this module.
+from matplotlib.figure import Figure
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support  # noqa: E402
-
-from fmnist.data import CLASSES  # noqa: E402
-
-# Metric keys must survive `dvc metrics show` flattening: no slashes or spaces.
-CLASS_KEYS = tuple(re.sub(r"[^a-z0-9]+", "_", name.lower()) for name in CLASSES)
-
+from fmnist.data import CLASSES
 
 def summarize(labels: np.ndarray, probs: np.ndarray, loss: float) -> dict:
-    """Accuracy (a fraction), loss, macro F1 and per-class precision/recall/F1/support."""
+    """The headline test figures of metrics/eval.json: accuracy (a fraction), loss, macro F1."""
     preds = probs.argmax(1)
-    classes = list(range(len(CLASSES)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=classes, zero_division=0)
     return {
-        "accuracy": float(accuracy_score(labels, preds)),
-        "loss": float(loss),
-        "f1_macro": float(f1_score(labels, preds, labels=classes, average="macro", zero_division=0)),
-        "per_class": {
-            key: {"precision": float(precision[i]), "recall": float(recall[i]),
-                  "f1": float(f1[i]), "support": int(support[i])}
-            for i, key in enumerate(CLASS_KEYS)
-        },
+        "test_acc": float(accuracy_score(labels, preds)),
+        "test_loss": float(loss),
+        "test_f1_macro": float(f1_score(labels, preds, labels=list(range(len(CLASSES))), average="macro",
+                                        zero_division=0)),
     }
 
 
-def per_class_table(summary: dict) -> pd.DataFrame:
-    rows = [{"class": name, **summary["per_class"][key]} for name, key in zip(CLASSES, CLASS_KEYS)]
-    return pd.DataFrame(rows).round({"precision": 4, "recall": 4, "f1": 4})
+def per_class_table(labels: np.ndarray, preds: np.ndarray) -> pd.DataFrame:
+    """Precision, recall, F1 and support of each class (metrics/per_class.csv), in label order."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=list(range(len(CLASSES))), zero_division=0)
+    table = pd.DataFrame({"class": CLASSES, "precision": precision, "recall": recall, "f1": f1,
+                          "support": support.astype(int)})
+    return table.round({"precision": 4, "recall": 4, "f1": 4})
 
 
 def confusion_rows(labels: np.ndarray, preds: np.ndarray) -> pd.DataFrame:
@@ -53,7 +43,7 @@ def confusion_rows(labels: np.ndarray, preds: np.ndarray) -> pd.DataFrame:
 
 
 def misclassified_grid(images: np.ndarray, labels: np.ndarray, preds: np.ndarray, n: int,
-                       probs: np.ndarray | None = None) -> plt.Figure:
+                       probs: np.ndarray | None = None) -> Figure:
     """A grid of up to `n` misclassified images, each titled 'true -> predicted'.
 
     The most confident mistakes come first when `probs` is given, so the grid shows
@@ -65,7 +55,8 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, preds: np.ndarray
     wrong = wrong[:n]
     cols = max(1, min(5, len(wrong)))
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.5 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):

@@ -11,18 +11,16 @@ Everything takes plain dicts and DataFrames and returns DataFrames, strings or f
 
 from __future__ import annotations
 
-import matplotlib
+# Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
+# screen needed, nothing global changed for a notebook that imports this module.
+from matplotlib.figure import Figure
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from fmnist.data import CLASSES  # noqa: E402
-from fmnist.metrics import CLASS_KEYS  # noqa: E402
+from fmnist.data import CLASSES
 
 # The headline metrics of metrics/eval.json, in the order the report lists them.
-METRICS = {"accuracy": "test accuracy", "loss": "test loss", "f1_macro": "macro F1"}
+METRICS = {"test_acc": "test accuracy", "test_loss": "test loss", "test_f1_macro": "macro F1"}
 # DVCLive's curves: metrics/train/plots/metrics/<split>/<name>.tsv, a column named <name>.
 CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")
 SIDES = {"base": "tab:blue", "head": "tab:orange"}
@@ -42,10 +40,15 @@ def metrics_table(eval_diff: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame([_row(key, name, eval_diff.get(key, {})) for key, name in METRICS.items()])
 
 
-def per_class_f1_table(eval_diff: dict[str, dict]) -> pd.DataFrame:
-    """Per-class F1 rows (`per_class.<class>.f1`), in the classes' label order."""
-    return pd.DataFrame([_row(f"per_class.{key}.f1", name, eval_diff.get(f"per_class.{key}.f1", {}))
-                         for key, name in zip(CLASS_KEYS, CLASSES)])
+def per_class_f1_table(base: pd.DataFrame, head: pd.DataFrame) -> pd.DataFrame:
+    """Per-class F1 of both sides (metrics/per_class.csv tables), in the classes' label order."""
+    f1 = {side: table.set_index("class")["f1"] for side, table in (("base", base), ("head", head))}
+    return pd.DataFrame([_row(name, name, {"old": _float(f1["base"].get(name)), "new": _float(f1["head"].get(name))})
+                         for name in CLASSES])
+
+
+def _float(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def verdict(base_accuracy: float, head_accuracy: float, max_drop: float) -> tuple[bool, str]:
@@ -116,13 +119,14 @@ def render_markdown(*, base_label: str, head_label: str, ok: bool, verdict_line:
     return "\n\n".join(parts) + "\n"
 
 
-def curves_figure(curves: dict[str, dict[str, pd.DataFrame]]) -> plt.Figure:
+def curves_figure(curves: dict[str, dict[str, pd.DataFrame]]) -> Figure:
     """Loss and accuracy per epoch, train (dashed) and val (solid), of each side in one picture.
 
     `curves` maps a side ("base", "head") to DVCLive's tables keyed "train/loss", ...,
     each with columns `step` and the metric's name.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric, title in ((axes[0], "loss", "cross-entropy"), (axes[1], "acc", "accuracy")):
         for side, color in SIDES.items():
             for split, style in (("train", "--"), ("val", "-")):
@@ -139,10 +143,11 @@ def curves_figure(curves: dict[str, dict[str, pd.DataFrame]]) -> plt.Figure:
     return fig
 
 
-def confusion_figure(matrices: dict[str, pd.DataFrame]) -> plt.Figure:
+def confusion_figure(matrices: dict[str, pd.DataFrame]) -> Figure:
     """The sides' confusion matrices next to each other, on one colour scale, counts written in."""
     vmax = max(int(m.to_numpy().max()) for m in matrices.values()) or 1
-    fig, axes = plt.subplots(1, len(matrices), figsize=(6.5 * len(matrices), 6))
+    fig = Figure(figsize=(6.5 * len(matrices), 6))
+    axes = fig.subplots(1, len(matrices))
     for ax, (side, matrix) in zip(np.atleast_1d(axes), matrices.items()):
         counts = matrix.to_numpy()
         ax.imshow(counts, cmap="Blues", vmin=0, vmax=vmax)

@@ -1,8 +1,13 @@
 """Device choice, the training loop and evaluation, on whole in-memory tensors.
 
     device = pick_device("auto")
-    loss, acc = train_epoch(model, optimizer, scheduler, images, labels, ...)
-    result = evaluate(model, images, labels, device=device, batch_size=1000)
+    net, model, optimizer, scheduler = build(p, len(train_y), device)
+    progress = fit(p, net, model, optimizer, scheduler, (train_x, train_y), (val_x, val_y), device=device)
+    result = evaluate(net, images, labels, device=device, batch_size=1000)
+
+`fit` is what the train stage and the benchmark both run: epochs of `train_epoch` (the
+classic loop: zero_grad, forward, loss, backward, step), each scored on the validation
+set, with hooks after each epoch and every CHECK_EVERY steps.
 
 Images stay uint8 (N, 28, 28) tensors on `device` for the whole run; each batch is
 indexed, normalised and augmented as one tensor, so there is no DataLoader, no worker
@@ -12,9 +17,12 @@ process and no per-image transform.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,9 +31,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from fmnist.data import CLASSES, normalize
 from fmnist.data import augment as augment_batch
-from fmnist.data import normalize
 from fmnist.errors import ParamError, TrainingDiverged
+from fmnist.model import build_model
 
 CHECK_EVERY = 50  # batches between loss checks: each check waits for a GPU to catch up
 
@@ -95,18 +104,40 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def make_optimizer(p: dict, net: torch.nn.Module, steps_per_epoch: int):
-    """The optimizer `train.optimizer` names and its one-cycle schedule (warm-up over the
-    first quarter of all steps, then cosine annealing), from the params' train section."""
+def lr_factor(step: int, total: int, warmup: float = 0.25, start: float = 0.04, end: float = 1e-3) -> float:
+    """The one-cycle schedule as a fraction of the peak learning rate at `step` (0-based).
+
+    Linear warm-up from `start` over the first `warmup` of all steps, then cosine
+    annealing down to `end` at the last step. Defined for any total >= 1, a single
+    step included (it then runs at the peak).
+    """
+    rise = int(round(warmup * total))
+    if step < rise:
+        return start + (1 - start) * step / rise
+    fall = total - rise - 1
+    if fall <= 0:
+        return 1.0
+    t = min(1.0, (step - rise) / fall)
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def make_optimizer(p: dict, net: torch.nn.Module, total_steps: int):
+    """The optimizer `train.optimizer` names and its one-cycle schedule over `total_steps`."""
     if p["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(net.parameters(), lr=p["lr"], momentum=p["momentum"],
                                     nesterov=p["momentum"] > 0, weight_decay=p["weight_decay"])
     else:
         optimizer = torch.optim.AdamW(net.parameters(), lr=p["lr"], betas=(p["momentum"], 0.999),
                                       weight_decay=p["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=p["lr"], total_steps=p["epochs"] * steps_per_epoch, pct_start=0.25)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, max(1, total_steps)))
     return optimizer, scheduler
+
+
+def steps_per_epoch(n_train: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps in one epoch: each of `world` ranks takes an equal shard, batch_size // world a step."""
+    shard = n_train // world
+    per_rank = max(1, batch_size // world)
+    return -(-shard // per_rank)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -168,12 +199,15 @@ def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int, world: Dist)
 
 def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int, seed: int, epoch: int,
                 augment: bool, label_smoothing: float, device: torch.device, dtype: torch.dtype | None = None,
-                world: Dist = Dist(), progress: bool = True) -> tuple[float, float]:
+                world: Dist = Dist(), progress: bool = True,
+                on_step: Callable[[int, int], None] | None = None) -> tuple[float, float]:
     """One pass over `images` in this epoch's random order; returns (mean loss, accuracy).
 
     Under torchrun each rank trains on its own shard of the order, `batch_size` images
     a step (DDP averages the gradients); the returned figures cover all ranks.
     Accuracy is measured on the augmented batches the model was trained on.
+    `on_step(epoch, batches done)` is called every CHECK_EVERY batches and after the
+    last one (the benchmark scores the test set there, off the clock).
     """
     model.train()
     order_gen, aug_gen = epoch_generators(seed, epoch, world.rank)
@@ -202,6 +236,9 @@ def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int,
         if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:  # a sync point: a GPU runs ahead in between
             _check_finite(losses[:b + 1], epoch, n_batches, world)
             bar.set_postfix(loss=f"{losses[b].item():.4f}")
+            if on_step is not None:
+                on_step(epoch, b + 1)
+                model.train()
     # Each batch's loss weighs by its size, so a short last batch counts for less.
     sizes = torch.full((n_batches,), float(batch_size), device=device)
     sizes[-1] = len(order) - batch_size * (n_batches - 1)
@@ -240,3 +277,85 @@ def evaluate(model, images, labels, *, device: torch.device, batch_size: int, tt
     loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item() if len(labels) else float("nan")
     accuracy = (probs.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
     return Evaluation(loss=loss, accuracy=accuracy, probs=probs)
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last completed epoch: what a checkpoint holds besides
+    the weights and optimizer state, and what `fit` returns."""
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one row of train/val figures an epoch
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0, "state_dict": None})
+
+
+class ResumeError(ValueError):
+    """A checkpoint's contents don't fit the run being resumed; the caller starts afresh."""
+
+
+def build(p: dict, n_train: int, device: torch.device, world: Dist = Dist()):
+    """(net, model, optimizer, scheduler) for the params' train section and `n_train` images.
+
+    `net` is the plain module (evaluated and saved); `model` is what trains: `net` on
+    `device`, wrapped for DDP and compiled as asked. Seeded, so every rank starts alike.
+    """
+    seed_everything(p["seed"])
+    net = build_model(p["model"], len(CLASSES))
+    model = prepare_model(net, device, compile=p["compile"], world=world)
+    total = p["epochs"] * steps_per_epoch(n_train, p["batch_size"], world.world)
+    optimizer, scheduler = make_optimizer(p, net, total)
+    return net, model, optimizer, scheduler
+
+
+def restore(checkpoint: dict, net, optimizer, scheduler) -> Progress:
+    """Load a checkpoint's state into a freshly built run; ResumeError when it doesn't fit.
+
+    After a ResumeError the run may be half loaded: build a fresh one to start afresh.
+    """
+    try:
+        net.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        progress = Progress(int(checkpoint["epoch"]), list(checkpoint["history"]), dict(checkpoint["best"]))
+        if len(progress.history) != progress.epoch or progress.best["state_dict"] is None \
+                or not 1 <= progress.best["epoch"] <= progress.epoch:
+            raise ValueError(f"{progress.epoch} epochs done but {len(progress.history)} rows of history")
+        float(progress.best["val_acc"])
+        for key, value in net.state_dict().items():
+            if tuple(progress.best["state_dict"][key].shape) != tuple(value.shape):
+                raise ValueError(f"best weights: {key} has the wrong shape")
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint fails in many ways
+        raise ResumeError(" ".join(str(exc).split())[:200] or type(exc).__name__) from None
+    return progress
+
+
+def fit(p: dict, net, model, optimizer, scheduler, train: tuple, val: tuple, *, device: torch.device,
+        dtype: torch.dtype | None = None, world: Dist = Dist(), progress: Progress | None = None,
+        on_epoch: Callable[[Progress, float], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None, show_progress: bool = True) -> Progress:
+    """Train from `progress` (a fresh run, or a restored one) to `p["epochs"]`; keep the best epoch.
+
+    After each epoch rank 0 scores the validation set and calls `on_epoch(progress,
+    seconds)` (the train stage logs and checkpoints there); `on_step` is passed on to
+    `train_epoch`. Returns the final Progress, with the best epoch's weights (rank 0).
+    """
+    progress = progress or Progress()
+    per_rank = max(1, p["batch_size"] // world.world)  # train.batch_size is the global batch
+    for epoch in range(progress.epoch + 1, p["epochs"] + 1):
+        t0 = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            model, optimizer, scheduler, *train, batch_size=per_rank, seed=p["seed"], epoch=epoch,
+            augment=p["augment"], label_smoothing=p["label_smoothing"], device=device, dtype=dtype, world=world,
+            progress=show_progress, on_step=on_step)
+        progress.epoch = epoch
+        if not world.main:
+            continue  # the other ranks go straight on; the next step's all-reduce waits for rank 0
+        # Rank 0 scores the whole validation set with the plain module (no DDP collectives).
+        scored = evaluate(net, *val, device=device, batch_size=1000, dtype=dtype)
+        progress.history.append({"train/loss": train_loss, "train/acc": train_acc,
+                                 "val/loss": scored.loss, "val/acc": scored.accuracy})
+        if scored.accuracy > progress.best["val_acc"]:
+            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            progress.best = {"val_acc": scored.accuracy, "epoch": epoch, "state_dict": state}
+        if on_epoch is not None:
+            on_epoch(progress, time.perf_counter() - t0)
+    return progress

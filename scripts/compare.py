@@ -25,18 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 
-# Reuse the stages' atomic writes, params checks and one-line error reporting.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-from common import load_params, run, write_bytes, write_with  # noqa: E402
-
-from fmnist.errors import PipelineError  # noqa: E402
-from fmnist.report import (  # noqa: E402
+from fmnist.errors import PipelineError, run
+from fmnist.files import load_params, save_figure, write_text
+from fmnist.report import (
     CURVES, confusion_figure, confusion_matrix, curves_figure, metrics_table, per_class_f1_table,
     render_markdown, verdict,
 )
 
 # The pipeline's outputs, as dvc.yaml's `vars` name them.
 EVAL = "metrics/eval.json"
+PER_CLASS = "metrics/per_class.csv"
 CONFUSION = "metrics/confusion.csv"
 PLOTS = "metrics/train/plots/metrics"  # DVCLive: <PLOTS>/<split>/<metric>.tsv
 PICTURES = {"training curves": "curves.png", "confusion matrices": "confusion.png"}
@@ -89,10 +87,11 @@ def read_head(path: str) -> str:
         raise PipelineError(f"{path}: missing in the workspace; run `dvc repro` (or `dvc pull`) first") from None
 
 
-def read_results(read) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """One side's training curves and confusion matrix, each file read with `read(path)`."""
+def read_results(read) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame]:
+    """One side's training curves, confusion matrix and per-class table, each file read with `read(path)`."""
     curves = {name: pd.read_csv(io.StringIO(read(f"{PLOTS}/{name}.tsv")), sep="\t") for name in CURVES}
-    return curves, confusion_matrix(pd.read_csv(io.StringIO(read(CONFUSION))))
+    per_class = pd.read_csv(io.StringIO(read(PER_CLASS)))
+    return curves, confusion_matrix(pd.read_csv(io.StringIO(read(CONFUSION)))), per_class
 
 
 def main() -> None:
@@ -115,7 +114,7 @@ def main() -> None:
     params_diff = repo.params.diff(a_rev=sha).get("diff", {}).get("params.yaml", {})
     eval_diff = repo.metrics.diff(a_rev=sha, all=True).get("diff", {}).get(EVAL, {})
     metrics = metrics_table(eval_diff)
-    accuracy = metrics.set_index("key").loc["accuracy"]
+    accuracy = metrics.set_index("key").loc["test_acc"]
     if pd.isna(accuracy["base"]):
         raise PipelineError(f"the base ({label(args.base, sha)}) has no committed results (no test accuracy in "
                             f"its {EVAL}); compare against a commit made after `dvc repro`, or reproduce the base: "
@@ -124,8 +123,8 @@ def main() -> None:
         raise PipelineError(f"{EVAL}: missing in the workspace; run `dvc repro` first")
 
     fs = DVCFileSystem(".", rev=sha)
-    base_curves, base_confusion = read_results(lambda path: read_base(fs, path, args.base, sha))
-    head_curves, head_confusion = read_results(read_head)
+    base_curves, base_confusion, base_per_class = read_results(lambda path: read_base(fs, path, args.base, sha))
+    head_curves, head_confusion, head_per_class = read_results(read_head)
 
     notes = []
     stale = repo.status()  # what `dvc status` lists: the workspace's results don't match its params/code
@@ -139,13 +138,13 @@ def main() -> None:
         base_label=f"`{label(args.base, sha)}`",
         head_label=f"the workspace (`HEAD` = `{head}`{', with uncommitted changes' if dirty else ''})",
         ok=ok, verdict_line=line, params_diff=params_diff, metrics=metrics,
-        per_class=per_class_f1_table(eval_diff), pictures=PICTURES, notes=notes)
+        per_class=per_class_f1_table(base_per_class, head_per_class), pictures=PICTURES, notes=notes)
 
     figures = {"curves.png": curves_figure({"base": base_curves, "head": head_curves}),
                "confusion.png": confusion_figure({"base": base_confusion, "head": head_confusion})}
     for name, fig in figures.items():
-        write_with(args.out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    write_bytes(args.out / "compare.md", text.encode())
+        save_figure(args.out / name, fig)
+    write_text(args.out / "compare.md", text)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {args.out / 'compare.md'} and {', '.join(str(args.out / n) for n in figures)}")

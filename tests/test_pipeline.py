@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, make_repo, write_raw
 
 OUTPUTS = [
     "data/raw/train-images-idx3-ubyte", "data/raw/t10k-labels-idx1-ubyte",
     "data/prepared/train.pt", "data/prepared/val.pt", "data/prepared/test.pt",
     "data/prepared/class_counts.json",
     "models/model.pt", "models/checkpoint.pt",
-    "metrics/train/metrics.json", "metrics/train/plots/metrics/val/acc.tsv",
+    "metrics/train.json", "metrics/train/metrics.json", "metrics/train/plots/metrics/val/acc.tsv",
     "metrics/eval.json", "metrics/per_class.csv", "metrics/confusion.csv", "metrics/misclassified.png",
 ]
 
@@ -27,12 +30,13 @@ def test_repro_then_nothing_to_do_then_an_experiment(repo):
     for path in OUTPUTS:
         assert (repo.path / path).is_file(), path
     metrics = json.loads((repo.path / "metrics/eval.json").read_text())
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["f1_macro"] > 0 and metrics["loss"] > 0
-    assert set(metrics["per_class"]["ankle_boot"]) == {"precision", "recall", "f1", "support"}
+    assert set(metrics) == {"test_acc", "test_loss", "test_f1_macro"}
+    assert 0 <= metrics["test_acc"] <= 1 and metrics["test_f1_macro"] > 0 and metrics["test_loss"] > 0
+    per_class = (repo.path / "metrics/per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support" and len(per_class) == 11
     assert (repo.path / "metrics/misclassified.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    live = json.loads((repo.path / "metrics/train/metrics.json").read_text())
-    assert {"train", "val", "best"} <= set(live) and live["step"] == 1
-    assert (repo.path / "metrics/train/.gitignore").is_file()  # DVC's own file survives
+    summary = json.loads((repo.path / "metrics/train.json").read_text())
+    assert summary["epoch"] == 2 and summary["best_epoch"] in (1, 2) and 0 <= summary["best_val_acc"] <= 1
     repo.commit("first run")
 
     again = repo.dvc("repro").stdout
@@ -49,8 +53,8 @@ def test_repro_then_nothing_to_do_then_an_experiment(repo):
     data = found[0]
     train_params = data["params"]["params.yaml"]["data"]["train"]
     assert train_params["lr"] == 0.02 and train_params["epochs"] == 1
-    assert "accuracy" in data["metrics"]["metrics/eval.json"]["data"]
-    assert data["metrics"]["metrics/train/metrics.json"]["data"]["step"] == 0
+    assert "test_acc" in data["metrics"]["metrics/eval.json"]["data"]
+    assert data["metrics"]["metrics/train.json"]["data"]["epoch"] == 1
 
 
 def _imports(path: Path, root: Path) -> set[str]:
@@ -80,3 +84,32 @@ def test_dvc_yaml_lists_every_module_each_stage_imports():
         deps = {d for d in stage["deps"] if d.endswith(".py")}
         assert script in deps
         assert deps == _imports(ROOT / script, ROOT) | {script}, name
+
+
+def test_a_running_experiment_shows_its_epochs_before_it_ends(tmp_path):
+    """DVCLive and metrics/train.json are written as training goes, so `dvc exp show`
+    (and the VS Code extension, which polls it) shows a run while it trains."""
+    repo = make_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=3000),
+                     params={"data": {"val_size": 60}, "train": {"epochs": 6, "batch_size": 16, "device": "cpu"}})
+    repo.dvc("repro", "prepare")
+    repo.commit("prepared")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    proc = subprocess.Popen([dvc, "exp", "run"], cwd=repo.path, env=repo.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen_while_running = set()
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+            workspace = shown[0]["data"]["metrics"].get("metrics/train.json", {}).get("data", {})
+            if "epoch" in workspace and proc.poll() is None:
+                seen_while_running.add(workspace["epoch"])
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert any(epoch < 6 for epoch in seen_while_running), (seen_while_running, output)
+    rows = (repo.path / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -17,12 +18,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, make_repo, set_params, write_raw
-
-sys.path.insert(0, str(ROOT / "stages"))
-import download as download_stage  # noqa: E402
-
-from fmnist.errors import DataError  # noqa: E402
+from conftest import make_repo, set_params, write_raw
+from fmnist.errors import DataError
+from fmnist.files import download
 
 
 def lock_hashes(repo) -> dict[str, str]:
@@ -83,7 +81,7 @@ def test_diverging_training_names_epoch_and_batch_and_writes_no_model(repo):
     proc = repo.dvc("repro", check=False)
     assert_clean_failure(proc, "training diverged: the loss became", "at epoch 1, batch")
     assert not (repo.path / "models/model.pt").exists()
-    assert not (repo.path / "metrics/train/metrics.json").exists()
+    assert not (repo.path / "metrics/train.json").exists()
 
 
 # --- raw data ---------------------------------------------------------------
@@ -148,16 +146,16 @@ def test_download_checks_md5_and_falls_back_to_the_next_mirror(mirror, tiny_raw,
     name = "train-labels-idx1-ubyte"
     good = {f"{name}.gz": file_md5(tiny_raw / f"{name}.gz")}
     dead = "http://127.0.0.1:9/"  # nothing listens on the discard port
-    data = download_stage.download(name, tmp_path, [dead, mirror], good)
+    data = download(name, tmp_path, [dead, mirror], good)
     assert gzip.decompress(data)[:4] == (2049).to_bytes(4, "big")
 
     with pytest.raises(DataError) as err:
-        download_stage.download(name, tmp_path, [mirror], {f"{name}.gz": "0" * 32})
+        download(name, tmp_path, [mirror], {f"{name}.gz": "0" * 32})
     assert f"could not download {name}.gz" in str(err.value) and "MD5" in str(err.value)
     assert "FASHION_MNIST_DIR" in str(err.value)
 
     with pytest.raises(DataError) as err:
-        download_stage.download(name, tmp_path, [dead], good)
+        download(name, tmp_path, [dead], good)
     assert f"{dead}{name}.gz" in str(err.value) and "FASHION_MNIST_DIR" in str(err.value)
 
 
@@ -193,7 +191,8 @@ def test_killed_training_leaves_no_model_and_the_next_repro_completes(slow_repo,
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert not (slow_repo.path / "models/model.pt").exists()
-    assert not (slow_repo.path / "metrics/train/metrics.json").exists()
+    # Per-epoch logs show the epochs the killed run did; they are whole files.
+    assert json.loads((slow_repo.path / "metrics/train.json").read_text())["epoch"] < 6
     slow_repo.dvc("repro")
     assert (slow_repo.path / "models/model.pt").is_file()
     assert no_partial_files(slow_repo) == []
@@ -218,8 +217,8 @@ def test_resume_continues_and_ends_with_the_uninterrupted_weights(tmp_path):
     assert got["epoch"] == expected["epoch"]
     for key, value in expected["state_dict"].items():
         assert torch.equal(value, got["state_dict"][key]), key
-    assert (resumed.path / "metrics/train/metrics.json").read_text() == \
-        (straight.path / "metrics/train/metrics.json").read_text()
+    for path in ("metrics/train.json", "metrics/train/metrics.json", "metrics/train/plots/metrics/val/acc.tsv"):
+        assert (resumed.path / path).read_text() == (straight.path / path).read_text(), path
 
 
 def test_two_forced_runs_give_identical_model_and_metrics(repo):
@@ -229,5 +228,5 @@ def test_two_forced_runs_give_identical_model_and_metrics(repo):
     first = lock_hashes(repo)
     repo.dvc("repro", "--force")
     second = lock_hashes(repo)
-    for path in ("models/model.pt", "metrics/eval.json", "metrics/train/metrics.json", "data/prepared"):
+    for path in ("models/model.pt", "metrics/eval.json", "metrics/train.json", "data/prepared"):
         assert first[path] == second[path], path

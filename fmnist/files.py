@@ -1,0 +1,286 @@
+"""Every file the pipeline reads or writes goes through here: params, raw and prepared
+data, models, atomic writes, the download. The stages, `scripts/`, `bench/` and the
+`fmnist-predict` command share it; the rest of the package only computes.
+
+    params = load_params()                        # checked; ParamError lists every problem
+    images, labels = load_split(Path("data/prepared/test.pt"))
+    net, card = load_model(Path("models/model.pt"))
+    save_torch(Path("models/model.pt"), {...})    # temp file + rename: whole or absent
+
+Reading: anything damaged (truncated, garbage, the wrong kind of object, a missing key,
+a wrong shape) raises DataError naming the file, what is wrong and what to do.
+Writing: everything goes to a temporary file beside its target and is renamed into
+place, so a stage killed at any moment, or a full disk, leaves the previous output or
+none; a failed write raises OutputError naming the file and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+
+from fmnist.data import CLASSES, EXPECTED_COUNTS, RAW_FILES, check_pair, decompress, parse_idx
+from fmnist.errors import DataError, OutputError, ParamError
+from fmnist.model import ARCHITECTURES, build_model
+from fmnist.params import check_params
+
+PARAMS_FILE = "params.yaml"
+RAW_ENV = "FASHION_MNIST_DIR"  # a folder holding the four IDX files: no download
+_RAW_HINT = f"set {RAW_ENV} to a folder holding the four IDX files to use a local copy"
+
+
+# --- params -----------------------------------------------------------------
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    """Read and check the whole params file; raise ParamError listing every problem."""
+    try:
+        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: file not found; run from the repository's top folder") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamError(f"{path}: cannot be read as text ({_reason(exc)})") from None
+    except yaml.YAMLError as exc:
+        raise ParamError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    errors = check_params(params)
+    if errors:
+        raise ParamError(f"{path} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+    return params
+
+
+# --- writing ----------------------------------------------------------------
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success, move it into place in one rename.
+
+    An OSError on the way (no space, file too large, read-only folder) becomes an
+    OutputError naming `path` and the cause; `path` itself is then untouched.
+    """
+    path = Path(path)
+    # A fixed name: what a killed run left behind is cleared by the next one.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(tmp)
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)  # rename() can't replace a non-empty folder
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: could not write it ({_reason(exc)}); "
+                          f"{'the previous one is unchanged' if path.exists() else 'nothing was written'}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory: a failing disk then surfaces as a plain OSError on write."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    write_bytes(path, torch_bytes(obj))
+
+
+def save_figure(path: str | Path, fig) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_bytes(path, buffer.getvalue())
+
+
+def save_csv(path: str | Path, table) -> None:
+    write_text(path, table.to_csv(index=False))
+
+
+def write_folder(path: str | Path, files: dict[str, bytes]) -> None:
+    """Write a whole folder of files at once: the previous folder stays until all are written."""
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+
+
+# --- reading ----------------------------------------------------------------
+
+def read_bytes(path: Path, hint: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {hint}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({_reason(exc)}); {hint}") from None
+
+
+def load_torch(path: Path, hint: str) -> Any:
+    """torch.load with weights_only (no code runs from the file); any damage is a DataError."""
+    data = read_bytes(path, hint)
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch reports damage with many exception types
+        raise DataError(f"{path}: not a readable torch file ({' '.join(str(exc).split())[:200]}); {hint}") from None
+
+
+def read_raw_split(raw_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (uint8 N x 28 x 28) and labels (int64 N) of one split of the raw IDX files."""
+    arrays = []
+    for kind in ("images", "labels"):
+        path = raw_dir / RAW_FILES[split, kind]
+        arrays.append(parse_idx(read_bytes(path, "run the download stage first (dvc repro)"), str(path), kind))
+    check_pair(*arrays, str(raw_dir / RAW_FILES[split, "images"]), str(raw_dir / RAW_FILES[split, "labels"]))
+    images, labels = arrays
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+PREPARED_HINT = "re-create it with `dvc repro --force prepare`"
+
+
+def check_split(obj: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a prepared split, or DataError saying what is wrong with it."""
+    if not isinstance(obj, dict) or not {"images", "labels"} <= set(obj):
+        found = f"keys {sorted(map(str, obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise DataError(f"{name}: expected a dict with 'images' and 'labels', found {found}; {PREPARED_HINT}")
+    images, labels = obj["images"], obj["labels"]
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 3
+            and tuple(images.shape[1:]) == (28, 28)):
+        what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DataError(f"{name}: 'images' should be uint8 (N, 28, 28), found {what}; {PREPARED_HINT}")
+    if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.ndim == 1):
+        what = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise DataError(f"{name}: 'labels' should be int64 (N,), found {what}; {PREPARED_HINT}")
+    if len(images) != len(labels):
+        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels; {PREPARED_HINT}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise DataError(f"{name}: labels outside 0-{len(CLASSES) - 1}; {PREPARED_HINT}")
+    return images, labels
+
+
+def load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prepared split (data/prepared/<name>.pt), checked."""
+    hint = "run the prepare stage first (dvc repro)" if not path.exists() else PREPARED_HINT
+    return check_split(load_torch(path, hint), str(path))
+
+
+MODEL_HINT = "re-create it with `dvc repro --force train` (or `dvc checkout` to restore the cached one)"
+
+
+def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.Module, dict]:
+    """The net a saved model describes, with its weights loaded, and the model file's dict."""
+    need = {"state_dict", "model", "classes"}
+    if not isinstance(obj, dict) or not need <= set(obj):
+        found = f"keys {sorted(map(str, obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise DataError(f"{name}: not a model file of this project (expected keys {sorted(need)}, "
+                        f"found {found}); {hint}")
+    if obj["model"] not in ARCHITECTURES:
+        raise DataError(f"{name}: unknown architecture {obj['model']!r} (known: {', '.join(ARCHITECTURES)}); {hint}")
+    classes = obj["classes"]
+    if not isinstance(classes, (list, tuple)) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{name}: 'classes' should be a list of class names, found {classes!r:.80}; {hint}")
+    net = build_model(obj["model"], len(classes))
+    try:
+        net.load_state_dict(obj["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - missing/unexpected keys, wrong shapes, not a dict
+        first = " ".join(str(exc).split())[:200]
+        raise DataError(f"{name}: its weights don't fit a {obj['model']} net ({first}); {hint}") from None
+    return net.eval(), obj
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    """models/model.pt as the train stage wrote it: (net in eval mode, the file's dict)."""
+    hint = "run the train stage first (dvc repro)" if not path.exists() else MODEL_HINT
+    return check_model(load_torch(path, hint), str(path), hint)
+
+
+# --- the raw files ------------------------------------------------------------
+
+def _read_local(folder: Path, name: str) -> bytes:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return read_bytes(candidate, f"check {RAW_ENV}={folder}")
+    raise DataError(f"{folder / name}: missing (neither {name} nor {name}.gz is in {RAW_ENV}={folder})")
+
+
+def download(name: str, workdir: Path, mirrors: list[str], md5s: dict[str, str]) -> bytes:
+    """Fetch NAME.gz from the first mirror that serves it with the right MD5 sum."""
+    from torchvision.datasets.utils import download_url
+
+    filename = f"{name}.gz"
+    failures = []
+    for mirror in mirrors:
+        try:
+            download_url(mirror + filename, workdir, filename=filename, md5=md5s[filename])
+            return (workdir / filename).read_bytes()
+        except RuntimeError as exc:  # torchvision's word for a checksum mismatch
+            failures.append(f"{mirror}{filename}: {exc} (MD5 sum is not {md5s[filename]})")
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types; each is reported
+            failures.append(f"{mirror}{filename}: {type(exc).__name__}: {exc}")
+        (workdir / filename).unlink(missing_ok=True)
+    raise DataError(f"could not download {filename}: " + "; ".join(failures) + f". To work offline, {_RAW_HINT}")
+
+
+def fetch_raw(source: str | None, workdir: Path) -> dict[str, bytes]:
+    """The four raw files, uncompressed and checked, keyed by name.
+
+    From the folder `source` (gzipped or not) when given, else downloaded from the
+    mirrors torchvision knows, with their MD5 sums checked.
+    """
+    raw: dict[str, bytes] = {}
+    if source:
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"{RAW_ENV}={source}: no such folder; point it at a folder holding the four IDX files")
+        print(f"reading the raw files from {RAW_ENV}={folder}")
+        for name in RAW_FILES.values():
+            raw[name] = decompress(_read_local(folder, name), name)
+    else:
+        from torchvision.datasets import FashionMNIST
+
+        md5s = dict(FashionMNIST.resources)
+        for name in RAW_FILES.values():
+            raw[name] = decompress(download(name, workdir, FashionMNIST.mirrors, md5s), name)
+
+    arrays = {name: parse_idx(raw[name], name, kind) for (_, kind), name in RAW_FILES.items()}
+    for split, expected in EXPECTED_COUNTS.items():
+        images, labels = RAW_FILES[split, "images"], RAW_FILES[split, "labels"]
+        check_pair(arrays[images], arrays[labels], images, labels)
+        if len(arrays[images]) != expected:
+            print(f"note: {images} holds {len(arrays[images])} images; the official release has {expected}")
+    return raw
