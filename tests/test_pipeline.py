@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import ROOT, make_repo, write_raw
@@ -23,6 +24,7 @@ OUTPUTS = [
 ]
 
 
+@pytest.mark.e2e
 def test_repro_then_nothing_to_do_then_an_experiment(repo):
     out = repo.dvc("repro").stdout
     for stage in ("download", "prepare", "train", "evaluate"):
@@ -56,6 +58,17 @@ def test_repro_then_nothing_to_do_then_an_experiment(repo):
     assert "test_acc" in data["metrics"]["metrics/eval.json"]["data"]
     assert data["metrics"]["metrics/train.json"]["data"]["epoch"] == 1
 
+    # The tables users read: test accuracy is the first metric column of `dvc exp show`
+    # in a 120-column terminal, and `dvc metrics show` fits in 160 columns, whole.
+    repo.env["COLUMNS"] = "120"
+    header = repo.dvc("exp", "show", "--no-pager").stdout.splitlines()[1].split()
+    assert header[:3] == ["Experiment", "Created", "test_acc"], header
+    repo.env["COLUMNS"] = "160"
+    table = repo.dvc("metrics", "show").stdout.splitlines()
+    assert max(len(line) for line in table) <= 160, table
+    assert table[0].split() == ["Path", "best_epoch", "best_val_acc", "epoch", "test_acc", "test_f1_macro",
+                                "test_loss"], table
+
 
 def _imports(path: Path, root: Path) -> set[str]:
     """Project files `path` imports, followed transitively."""
@@ -86,6 +99,7 @@ def test_dvc_yaml_lists_every_module_each_stage_imports():
         assert deps == _imports(ROOT / script, ROOT) | {script}, name
 
 
+@pytest.mark.e2e
 def test_a_running_experiment_shows_its_epochs_before_it_ends(tmp_path):
     """DVCLive and metrics/train.json are written as training goes, so `dvc exp show`
     (and the VS Code extension, which polls it) shows a run while it trains."""
