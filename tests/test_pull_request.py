@@ -152,11 +152,11 @@ def pull_request(tmp_path_factory) -> SimpleNamespace:
     repo.dvc("repro")
     repo.commit("main's results")
     repo.dvc("push")
-    # origin has a GitHub address, from which act takes github.repository; git is told
-    # to use the local folder for it.
+    # origin has a GitHub address, from which act takes github.repository; pushes go to a
+    # local bare repository (nothing is ever fetched).
     repo.run("git", "init", "-q", "--bare", str(root / "origin.git"))
     repo.run("git", "remote", "add", "origin", f"https://github.com/{REPOSITORY}.git")
-    repo.run("git", "config", f"url.{root / 'origin.git'}.insteadOf", f"https://github.com/{REPOSITORY}.git")
+    repo.run("git", "remote", "set-url", "--push", "origin", str(root / "origin.git"))
     repo.run("git", "push", "-q", "-u", "origin", "main")
 
     # First push: one more epoch, its results committed (not pushed to the DVC remote).
