@@ -18,11 +18,11 @@ Everything takes plain dicts and DataFrames and returns DataFrames, strings or f
 
 from __future__ import annotations
 
-# Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
-# screen needed, nothing global changed for a notebook that imports this module.
 import json
 import math
 
+# Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
+# screen needed, nothing global changed for a notebook that imports this module.
 from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
@@ -145,8 +145,8 @@ def curves_mermaid(curves: dict[str, dict[str, pd.DataFrame]], metric: str, titl
 
     `curves` is as for curves_figure. Lines come in CHART_LINES order, coloured by the
     init directive's palette. A side that trained fewer epochs has its lines continued
-    flat at its last value (a Mermaid line has a value for every x-axis label or breaks);
-    chart_note() says so under the charts. `bounds` clamps the y-axis (accuracy: 0 to 1).
+    flat at its last value (a Mermaid line needs a value for every x-axis label, or it is
+    not drawn); curves_markdown's caption says so. `bounds` clamps the y-axis.
     """
     series = [_series(curves[side][f"{split}/{metric}"], metric) for side, split, _ in CHART_LINES]
     epochs = max(len(values) for values in series)

@@ -217,7 +217,7 @@ def test_base_results_on_the_dvc_remote_are_pulled_not_retrained(pull_request):
     steps = pull_request.first.steps
     base, head = steps[f"Main {BASE_STEP}"], steps[f"Main {HEAD_STEP}"]
     # dvc pull brought main's outputs; dvc repro found nothing to do for the base ...
-    assert "Running stage 'train'" not in base and "Running stage" not in base, base
+    assert "Running stage" not in base, base
     assert "Stage 'train' didn't change, skipping" in base, base
     # ... while the head, whose results the remote doesn't hold, was trained.
     assert "Running stage 'train'" in head, head
