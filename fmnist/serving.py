@@ -1,0 +1,73 @@
+"""The trained net as a product: stored pixels in, class probabilities out, in PyTorch or ONNX.
+
+    classifier = Classifier(net, mirror=True)     # uint8 (N, 1, 28, 28) -> probabilities (N, 10)
+    probs = classifier(pixels)
+    data = onnx_bytes(classifier, metadata={"classes": json.dumps(classes)})   # the same, as ONNX
+    top_k(probs[0], classes, 3)                   # [("Trouser", 0.97), ("Dress", 0.02), ...]
+
+`Classifier` computes exactly what the evaluate stage scores (training.evaluate): the
+data set's normalisation, the net, softmax and, with `mirror` (params' evaluate.tta),
+the average with the mirror image's probabilities. Everything is inside the module, so
+the ONNX graph exported from it takes raw pixels and needs no preprocessing code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from torch import nn
+
+from fmnist.data import MEAN, STD
+
+INPUT, OUTPUT = "pixels", "probabilities"
+INPUT_DOC = ("uint8 pixels (N, 1, 28, 28), 0-255, a light garment on a dark ground, "
+             "as data/prepared stores them (fmnist.images.to_fashion_mnist makes them from a picture)")
+OUTPUT_DOC = "float32 class probabilities (N, 10), in the order of the 'classes' metadata"
+
+
+class Classifier(nn.Module):
+    """uint8 pixels (N, 1, 28, 28) -> float32 class probabilities (N, classes)."""
+
+    def __init__(self, net: nn.Module, mirror: bool):
+        super().__init__()
+        self.net, self.mirror = net.eval(), mirror
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # The same operations, in the same order, as data.normalize and training.evaluate.
+        x = ((pixels.float() / 255.0) - MEAN) / STD
+        probs = self.net(x).float().softmax(1)
+        if self.mirror:
+            probs = (probs + self.net(x.flip(3)).float().softmax(1)) / 2
+        return probs
+
+
+def onnx_bytes(classifier: Classifier, metadata: dict[str, str]) -> bytes:
+    """The classifier as an ONNX model (fp32, any batch size), with `metadata` in its properties.
+
+    torch.export-based exporter (torch.onnx's default, needs onnxscript): it runs
+    offline and writes the same bytes for the same weights, run after run.
+    """
+    import onnx  # noqa: F401 - imported here: only the export needs it
+
+    example = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)  # 2, not 1: a batch of 1 would be specialised
+    # The exporter prints its progress on stdout: the stage's own line says what was done.
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            classifier.eval(), (example,), dynamo=True, verbose=False, external_data=False,
+            input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}})
+    model = program.model_proto
+    model.doc_string = f"input {INPUT}: {INPUT_DOC}; output {OUTPUT}: {OUTPUT_DOC}"
+    del model.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
+
+
+def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
+    """The k likeliest classes of one image's probabilities, likeliest first."""
+    values, indices = probs.topk(min(k, len(classes)))
+    return [(classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
