@@ -79,7 +79,8 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
         name = str(path)
         commit = first_commit_recording(data, path.resolve().parent) if args.info else None
         meaning = ("the oldest commit whose dvc.lock records this file: the code, params and data that made it"
-                   if commit else "not committed yet: no commit's dvc.lock records this file's md5")
+                   if commit else "not committed yet: no commit of a git repository around it has a dvc.lock "
+                   "that records this file's md5")
     net, card = model_from_bytes(data, name, hint)
     return net, card, {"model": name, "md5": md5_hex(data), "bytes": len(data), "commit": commit,
                        "commit_means": meaning}
