@@ -1,4 +1,4 @@
-"""Pictures of garments in, Fashion-MNIST images out: bytes in, tensors out, no files.
+"""Pictures of garments in, Fashion-MNIST images out: bytes in, tensors out (fmnist.files reads).
 
     image = decode(data, "shirt.jpg")   # uint8 (H, W) grey; DataError if it isn't a picture
     pixels = to_fashion_mnist(image)    # uint8 (28, 28): a light garment on a dark ground
@@ -7,7 +7,8 @@
 colour, 8 or 16 bits, turned upright by its EXIF orientation, with transparency laid on
 white. `to_fashion_mnist` redoes what Zalando did to its product photos to make the data
 set: trim the edges of the ground's colour, scale the longest edge to 28 keeping the
-aspect ratio, centre on a 28x28 canvas, negate. Fashion-MNIST garments are light on a
+aspect ratio (antialiased, where they subsampled and then sharpened), centre on a 28x28
+canvas, negate. Fashion-MNIST garments are light on a
 dark ground while a photo on paper is dark on light, so the negation happens only when
 the picture's ground is light. The ground is then brought to 0, as in the data set.
 """

@@ -38,10 +38,11 @@ BATCH = 256  # pictures per forward pass
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="fmnist-predict", description=__doc__.splitlines()[0],
-        epilog="exit codes: 0 all pictures classified, 1 a picture or the model could not be read")
+        prog="fmnist-predict", description="Name the garment in pictures with the trained model.",
+        epilog="exit codes: 0 all pictures classified, 1 a picture or the model could not be read, "
+               "2 bad arguments")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, help=f"a model file (default: {MODEL_FILE})")
+    source.add_argument("--model", type=Path, metavar="PATH", help=f"a model file (default: {MODEL_FILE})")
     source.add_argument("--rev", help="a git commit, branch or tag, or a registered version such as "
                                       "fashion-classifier@v1.0.0: its model, read through DVC")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
