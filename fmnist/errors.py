@@ -43,6 +43,7 @@ class Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
     raise Terminated()
 
 
@@ -57,6 +58,7 @@ def run(main: Callable[[], object]) -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"error: {where}{exc.strerror or exc}", 1)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback
         _fail("interrupted; outputs are written whole or not at all", 130)
     except Terminated:
         _fail("terminated (SIGTERM); outputs are written whole or not at all", 128 + signal.SIGTERM)

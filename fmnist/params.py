@@ -4,7 +4,8 @@
 
 Every key the pipeline knows is listed in SCHEMA with its type and allowed range; an
 unknown key is an error too (with the closest known key suggested), so a typo can't
-silently fall back to a default.
+silently fall back to a default. Values that are each fine but can't train together
+(more processes than training images, say) are refused too: see `size_problems`.
 """
 
 from __future__ import annotations
@@ -92,6 +93,35 @@ def _check_value(path: str, value: Any, rule: Rule) -> str | None:
     return None
 
 
+def val_size_problem(images: int, val_size: int, source: str = "Fashion-MNIST") -> str | None:
+    """Why `val_size` validation images can't be held out of `images` (what `source` has), or None."""
+    if val_size < 1:
+        return f"data.val_size: got {val_size}, but at least one validation image is needed to pick the best epoch"
+    if val_size >= images:
+        return (f"data.val_size: got {val_size}, but {source} has {images} training images; "
+                f"at most {images - 1} can be held out for validation")
+    return None
+
+
+def size_problems(images: int, val_size: int, batch_size: int, nproc: int, source: str = "Fashion-MNIST") -> list[str]:
+    """Why `val_size`, `batch_size` and `nproc` can't train on `images` training images
+    (what `source` has), one line each; empty when they can.
+
+    Any other combination trains: every one of the `nproc` processes takes an equal
+    shard of the images left after the validation split, at least one, in batches of
+    batch_size // nproc images, at least one, a short last batch included.
+    """
+    problems = [val_size_problem(images, val_size, source)]
+    if problems[0] is None and images - val_size < nproc:
+        problems.append(f"train.nproc: got {nproc}, but {source} has {images} training images and data.val_size "
+                        f"holds out {val_size}, leaving {images - val_size}: fewer than one per process; "
+                        f"lower train.nproc or data.val_size")
+    if batch_size < nproc:
+        problems.append(f"train.batch_size: got {batch_size}, but each of the train.nproc {nproc} processes "
+                        f"takes batch_size / nproc images a step: it must be at least {nproc}")
+    return [p for p in problems if p]
+
+
 def check_params(params: Any) -> list[str]:
     """Return one message per problem in `params` (empty when all is well)."""
     if not isinstance(params, dict):
@@ -120,4 +150,7 @@ def check_params(params: Any) -> list[str]:
                 problem = _check_value(f"{section}.{key}", given[key], rule)
                 if problem:
                     errors.append(problem)
+    if not errors:  # each value is fine on its own: do they train together?
+        errors = size_problems(TRAIN_IMAGES, params["data"]["val_size"], params["train"]["batch_size"],
+                               params["train"]["nproc"])
     return errors
