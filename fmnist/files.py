@@ -52,6 +52,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ParamError(f"{path}: not valid YAML: {_one_line(exc)}; fix it or restore it with "
                          f"`git checkout {path}`") from None
+    if params is None:
+        raise ParamError(f"{path}: the file is empty; restore it with `git checkout {path}`")
     errors = check_params(params)
     if len(errors) == 1:
         raise ParamError(f"{path}: {errors[0]}")
@@ -189,6 +191,8 @@ def load_torch(path: Path, hint: str) -> Any:
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch reports damage with many exception types
+        if not data.startswith(b"PK\x03\x04"):  # what torch.save writes: a zip archive
+            raise DataError(f"{path}: not a torch file (it doesn't start like one); {hint}") from None
         raise DataError(f"{path}: not a readable torch file, truncated or damaged ({_one_line(exc)}); {hint}") from None
 
 

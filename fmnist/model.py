@@ -57,9 +57,11 @@ def weights_problem(state: object, net: nn.Module) -> str | None:
     if not isinstance(state, dict):
         return f"the weights are a {type(state).__name__}, not a dict of tensors"
     expected = net.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected), key=str)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(map(str, set(state) - set(expected)))
     if missing or unexpected:
-        return f"the weights don't match the net (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        return " and ".join(f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                            for what, names in (("weights missing", missing), ("unexpected weights", unexpected))
+                            if names)
     for key, ref in expected.items():
         value = state[key]
         if not isinstance(value, torch.Tensor):

@@ -125,7 +125,7 @@ def size_problems(images: int, val_size: int, batch_size: int, nproc: int, sourc
 def check_params(params: Any) -> list[str]:
     """Return one message per problem in `params` (empty when all is well)."""
     if not isinstance(params, dict):
-        return [f"params.yaml must be a mapping of sections ({', '.join(SCHEMA)}), got {type(params).__name__}"]
+        return [f"expected a mapping of sections ({', '.join(SCHEMA)}) at the top, got {params!r:.60}"]
     errors = []
     for section, value in params.items():
         if section not in SCHEMA:

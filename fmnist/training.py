@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -380,25 +381,29 @@ def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int) 
             raise ValueError(f"{what}: {problem}")
     net.load_state_dict(checkpoint["state_dict"])
 
-    fresh_groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.state_dict()["param_groups"]]
-    optimizer.load_state_dict(checkpoint["optimizer"])  # checks the groups and their sizes
-    for group, fresh in zip(optimizer.param_groups, fresh_groups):
-        if {k: v for k, v in group.items() if k not in ("params", "lr")} != fresh:
-            raise ValueError("the optimizer's settings differ from the params'")
-        for param in group["params"]:
-            for name, value in optimizer.state.get(param, {}).items():
-                if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != param.shape) \
-                        or (value.is_floating_point() and not bool(torch.isfinite(value).all())):
-                    raise ValueError(f"optimizer state {name!r} doesn't fit its weight")
-
-    saved, fresh = checkpoint["scheduler"], scheduler.state_dict()
-    if not isinstance(saved, dict) or set(saved) != set(fresh) or saved["base_lrs"] != fresh["base_lrs"] \
-            or saved["last_epoch"] != epoch * steps_per_epoch:
-        raise ValueError(f"the schedule isn't at step {epoch * steps_per_epoch} of this run")
-    scheduler.load_state_dict(saved)
-    expected = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    if scheduler.get_last_lr() != expected or [g["lr"] for g in optimizer.param_groups] != expected:
-        raise ValueError("the learning rate doesn't match the schedule")
+    # The schedule is a function of the step: replay it to where the checkpoint says it
+    # is, then the optimizer's settings and learning rate must be exactly this run's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": on purpose
+        for _ in range(epoch * steps_per_epoch):
+            scheduler.step()
+    saved = checkpoint["optimizer"]
+    if not isinstance(saved, dict) or saved.get("param_groups") != optimizer.state_dict()["param_groups"]:
+        raise ValueError("the optimizer's settings or learning rate differ from this run's")
+    if checkpoint["scheduler"] != scheduler.state_dict():
+        raise ValueError(f"the schedule isn't where {epoch} epoch(s) of this run leave it")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved.get("state")
+    if not isinstance(state, dict) or set(state) != set(range(len(params))) \
+            or not all(isinstance(s, dict) for s in state.values()) \
+            or len({frozenset(s) for s in state.values()}) != 1:
+        raise ValueError("the optimizer's state doesn't cover every weight alike")
+    for i, param in enumerate(params):
+        for name, value in state[i].items():
+            if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != param.shape) \
+                    or not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+                raise ValueError(f"optimizer state {name!r} doesn't fit its weight")
+    optimizer.load_state_dict(saved)
     return Progress(epoch, history, best)
 
 

@@ -63,4 +63,4 @@ def test_missing_keys_and_sections():
     found = check_params(params)
     assert any(p.startswith("train.lr: missing") for p in found)
     assert any(p.startswith("evaluate: section missing") for p in found)
-    assert check_params(["not", "a", "mapping"])[0].startswith("params.yaml must be a mapping")
+    assert check_params(["not", "a", "mapping"])[0].startswith("expected a mapping of sections")
