@@ -564,6 +564,30 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_output(pipeline, stag
 
 
 @pytest.mark.e2e
+def test_a_really_full_disk(pipeline, tmp_path):
+    """The prepare stage writing into a small file system that holds the previous output
+    but not a second copy of it beside it (needs root, to mount one)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    previous = pipeline.path / "data/prepared"
+    size = sum(p.stat().st_size for p in previous.iterdir()) + 100_000
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small file system needs root")
+    try:
+        shutil.copytree(previous, disk / "prepared")
+        before = {p.name: p.read_bytes() for p in (disk / "prepared").iterdir()}
+        proc = subprocess.run([*stage_cmd("prepare")[:-1], str(disk / "prepared")], cwd=pipeline.path,
+                              env=pipeline.env, capture_output=True, text=True)
+        after = {p.name: p.read_bytes() for p in (disk / "prepared").iterdir()}
+        left = sorted(p.name for p in disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert_stopped(proc, f"error: {disk / 'prepared'}/", "could not write it (No space left on device)")
+    assert after == before and left == ["prepared"]
+
+
+@pytest.mark.e2e
 def test_a_read_only_output_folder_names_the_file(pipeline):
     before = snapshot(pipeline, "models")
     (pipeline.path / "models").chmod(0o555)

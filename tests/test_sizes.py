@@ -164,6 +164,7 @@ def test_a_run_of_a_single_optimizer_step_and_sizes_that_cannot_train(tmp_path):
     assert proc.returncode != 0
     assert "train.batch_size: got 2, but each of the train.nproc 4 processes" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    repo.run("git", "checkout", "params.yaml")  # a failed `dvc exp run` leaves its -S values in the file
 
     proc = repo.dvc("exp", "run", "-S", "data.val_size=400", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
