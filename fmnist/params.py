@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRAIN_IMAGES = 60_000  # size of the training file the validation set is cut from
+SEED_MAX = 2**32 - 1  # numpy's global seed (seeded from train.seed) takes no more
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ def _choice(options: tuple[str, ...]) -> Rule:
     return Rule(str, "one of " + ", ".join(options), lambda v: v in options)
 
 
-def _float(lo: float, hi: float, lo_open: bool = True) -> Rule:
-    bound = ">" if lo_open else ">="
-    return Rule(float, f"a finite number {bound} {lo:g} and <= {hi:g}",
-                lambda v: math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi)
+def _float(lo: float, hi: float, lo_open: bool = True, hi_open: bool = False) -> Rule:
+    low, high = (">" if lo_open else ">="), ("<" if hi_open else "<=")
+    return Rule(float, f"a finite number {low} {lo:g} and {high} {hi:g}",
+                lambda v: math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
 
 
 _BOOL = Rule(bool, "true or false")
@@ -49,7 +50,7 @@ _BOOL = Rule(bool, "true or false")
 SCHEMA: dict[str, dict[str, Rule]] = {
     "data": {
         "val_size": _int(1, TRAIN_IMAGES - 1),
-        "seed": _int(0),
+        "seed": _int(0, SEED_MAX),
     },
     "train": {
         "model": _choice(MODELS),
@@ -57,11 +58,11 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "batch_size": _int(1),
         "optimizer": _choice(OPTIMIZERS),
         "lr": _float(0, 10),
-        "momentum": _float(0, 1, lo_open=False),
+        "momentum": _float(0, 1, lo_open=False, hi_open=True),  # AdamW's beta1 must be < 1
         "weight_decay": _float(0, 1, lo_open=False),
         "label_smoothing": _float(0, 1, lo_open=False),
         "augment": _BOOL,
-        "seed": _int(0),
+        "seed": _int(0, SEED_MAX),
         "device": _choice(DEVICES),
         "precision": _choice(PRECISIONS),
         "compile": _BOOL,
