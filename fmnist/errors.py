@@ -38,6 +38,10 @@ class TrainingDiverged(PipelineError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class PeersLost(PipelineError, RuntimeError):
+    """A process of a distributed run lost the others (one of them failed or was killed)."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived; raised like KeyboardInterrupt so the same clean-up runs."""
 

@@ -67,6 +67,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "precision": _choice(PRECISIONS),
         "compile": _BOOL,
         "nproc": _int(1, 64),
+        "max_restarts": _int(0, 100),
         "resume": _BOOL,
     },
     "evaluate": {

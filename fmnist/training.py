@@ -17,12 +17,15 @@ process and no per-image transform.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import random
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Callable
 
 import numpy as np
@@ -38,6 +41,7 @@ from fmnist.errors import ParamError, TrainingDiverged
 from fmnist.model import build_model, weights_problem
 
 CHECK_EVERY = 50  # batches between loss checks: each check waits for a GPU to catch up
+STORE_TIMEOUT = timedelta(minutes=30)  # how long ranks wait for each other to start (Gloo's default)
 
 
 def pick_device(name: str) -> torch.device:
@@ -78,7 +82,11 @@ def prepare_model(model: torch.nn.Module, device: torch.device, compile: bool = 
     wrap it in DistributedDataParallel under torchrun, and compile it if asked."""
     model = model.to(device, memory_format=torch.channels_last)
     if world is not None and world.world > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # On CPU, one gradient bucket per parameter: DDP otherwise starts with one bucket and
+        # re-forms it in gradient-ready order after its first step, so a restarted run (a new
+        # DDP) would add 3+ ranks' gradients in another order, and differ in the last bits.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        bucket_cap_mb_list=[0] if device.type == "cpu" else None)
     return torch.compile(model) if compile else model
 
 
@@ -161,9 +169,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 @dataclass(frozen=True)
 class Dist:
-    """Where this process stands in a torchrun launch; rank 0 of 1 when run alone."""
+    """Where this process stands in a torchrun launch; rank 0 of 1 when run alone.
+
+    `restart` is how many times torchrun has restarted the workers (the highest
+    TORCHELASTIC_RESTART_COUNT of all ranks: each node's agent counts its own).
+    """
     rank: int = 0
     world: int = 1
+    restart: int = 0
 
     @property
     def main(self) -> bool:
@@ -176,13 +189,71 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     Returns this process's Dist and its device (cuda:LOCAL_RANK on a multi-GPU node).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if world == 1:
-        return Dist(), device
+        return Dist(restart=restart), device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size()), device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    rank = int(os.environ["RANK"])
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # The store torchrun's agent serves outlives the workers: see _fresh_namespace.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              is_master=False, timeout=STORE_TIMEOUT)
+        dist.init_process_group(backend, store=_fresh_namespace(store, rank, world), rank=rank, world_size=world)
+    else:
+        dist.init_process_group(backend)
+    restarts = torch.tensor([restart], device=device)
+    dist.all_reduce(restarts, op=dist.ReduceOp.MAX)
+    return Dist(dist.get_rank(), dist.get_world_size(), int(restarts)), device
+
+
+def _fresh_namespace(store: dist.Store, rank: int, world: int, poll: float = 0.05) -> dist.Store:
+    """A part of torchrun's store that no earlier attempt of this run has written to.
+
+    torchrun's c10d rendezvous (--standalone, multi-node) keeps one store for the
+    agent's whole life, and torch 2.14 hands it to the workers of every attempt
+    without a per-attempt prefix. After a restart, the keys the dead workers' process
+    group wrote (each rank's Gloo address, NCCL's unique id) are still there, and the
+    new workers connect to the dead ones (Gloo connectFullMesh: connection refused).
+    TORCHELASTIC_RESTART_COUNT can't name the attempt, because each node's agent
+    counts its own restarts. So rank 0 draws a random name and gives it to each rank
+    under a key named by a nonce that rank has just drawn: nothing stale can answer.
+    Polls rather than blocks, so SIGTERM from the agent is handled at once.
+    """
+    def wait_for(key: str) -> None:
+        deadline = time.monotonic() + STORE_TIMEOUT.total_seconds()
+        while not store.check([key]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank {rank}: no answer from the other ranks in {STORE_TIMEOUT} ({key})")
+            time.sleep(poll)
+
+    if rank != 0:
+        nonce = uuid.uuid4().hex
+        store.set(f"fmnist/ask/{rank}", nonce)
+        wait_for(f"fmnist/answer/{nonce}")
+        name = store.get(f"fmnist/answer/{nonce}").decode()
+        store.set(f"fmnist/{name}/ready/{rank}", "1")
+        return dist.PrefixStore(f"fmnist/{name}", store)
+    name = uuid.uuid4().hex
+    answered: dict[int, bytes] = {}
+    waiting = set(range(1, world))
+    deadline = time.monotonic() + STORE_TIMEOUT.total_seconds()
+    while waiting:
+        for r in sorted(waiting):
+            if store.check([f"fmnist/{name}/ready/{r}"]):
+                waiting.discard(r)
+            elif store.check([f"fmnist/ask/{r}"]):
+                nonce = store.get(f"fmnist/ask/{r}")
+                if answered.get(r) != nonce:  # may be a dead worker's: answering it is harmless
+                    store.set(f"fmnist/answer/{nonce.decode()}", name)
+                    answered[r] = nonce
+        if waiting:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank 0: ranks {sorted(waiting)} did not join in {STORE_TIMEOUT}")
+            time.sleep(poll)
+    return dist.PrefixStore(f"fmnist/{name}", store)
 
 
 def epoch_generators(seed: int, epoch: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
@@ -315,6 +386,12 @@ def build(p: dict, n_train: int, device: torch.device, world: Dist = Dist()):
     """
     seed_everything(p["seed"])
     net = build_model(p["model"], len(CLASSES))
+    if world.world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch, as one process computes them. Its
+        # state_dict keys are BatchNorm's: the saved weights load into the plain net. On
+        # CPU each process normalises its own share of the batch: SyncBatchNorm only runs
+        # on GPUs (torch 2.14 raises ValueError for CPU tensors under Gloo).
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = prepare_model(net, device, compile=p["compile"], world=world)
     total = p["epochs"] * steps_per_epoch(n_train, p["batch_size"], world.world)
     optimizer, scheduler = make_optimizer(p, net, total)
@@ -405,6 +482,32 @@ def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int) 
                 raise ValueError(f"optimizer state {name!r} doesn't fit its weight")
     optimizer.load_state_dict(saved)
     return Progress(epoch, history, best)
+
+
+def share_restored(progress: Progress | None, net, optimizer, scheduler, world: Dist) -> Progress | None:
+    """Give every rank the run rank 0 restored, or its decision to start afresh (None).
+
+    Only rank 0 reads the checkpoint: it is the one that writes it, and another
+    machine's copy is missing or older. The other ranks take rank 0's weights,
+    optimizer and scheduler state and epoch, so all of them go on from the same point;
+    the history and best epoch stay with rank 0, which alone uses them.
+    """
+    if world.world == 1:
+        return progress
+    box = [None]
+    if world.main and progress is not None:
+        buffer = io.BytesIO()  # serialised here, so each rank loads it onto its own device
+        torch.save({"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": progress.epoch}, buffer)
+        box = [buffer.getvalue()]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is None or world.main:
+        return None if box[0] is None else progress
+    state = torch.load(io.BytesIO(box[0]), map_location="cpu", weights_only=True)
+    net.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return Progress(epoch=state["epoch"])
 
 
 def fit(p: dict, net, model, optimizer, scheduler, train: tuple, val: tuple, *, device: torch.device,

@@ -5,10 +5,15 @@
 
 The report holds the params diff, test accuracy, loss and macro F1 (base, head, delta;
 the numbers of `dvc metrics diff BASE`), per-class F1, the training curves of both
-sides (reports/curves.png) and their confusion matrices (reports/confusion.png), and a
-one-line verdict. The head is the workspace; run `dvc repro` first. BASE's results come
-from git (metrics/eval.json) and the DVC cache (curves, confusion rows): when they are
-not there, `dvc fetch -a` gets them from a DVC remote, or reproduce BASE.
+sides as Mermaid charts, the confusion-matrix cells that changed, and a one-line
+verdict. It is the pull request's comment as it stands (.github/workflows/pull-request.yml
+posts it unchanged). Beside it go the same pictures in full as PNGs: reports/curves.png
+and reports/confusion.png. `--run-url` (make compare RUN_URL=...) links the CI run whose
+artifact holds them.
+
+The head is the workspace; run `dvc repro` first. BASE's results come from git
+(metrics/eval.json) and the DVC cache (curves, confusion rows): when they are not there,
+`dvc fetch -a` gets them from a DVC remote, or reproduce BASE.
 
 Exits 1 when test accuracy falls by more than `compare.max_accuracy_drop` of the
 workspace's params.yaml (the report is written first), or when something is missing;
@@ -37,7 +42,9 @@ EVAL = "metrics/eval.json"
 PER_CLASS = "metrics/per_class.csv"
 CONFUSION = "metrics/confusion.csv"
 PLOTS = "metrics/train/plots/metrics"  # DVCLive: <PLOTS>/<split>/<metric>.tsv
-PICTURES = {"training curves": "curves.png", "confusion matrices": "confusion.png"}
+PICTURES = {"curves.png": "training curves", "confusion.png": "both confusion matrices"}
+# The name of the workflow's artifact that holds reports/ (.github/workflows/pull-request.yml).
+ARTIFACT = "compare-report"
 
 
 def git(*args: str) -> str:
@@ -94,10 +101,19 @@ def read_results(read) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFr
     return curves, confusion_matrix(pd.read_csv(io.StringIO(read(CONFUSION)))), per_class
 
 
+def pictures_sentence(out: Path, run_url: str | None) -> str:
+    """Where the PNGs are: beside the report, or in the artifact of the CI run `run_url`."""
+    files = ", ".join(f"`{name}` ({caption})" for name, caption in PICTURES.items())
+    if run_url:
+        return f"The PNGs, {files}, are in the `{ARTIFACT}` artifact of [this workflow run]({run_url})."
+    return f"The PNGs, {files}, are beside this report in `{out}/`."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for compare.md and the PNGs")
+    parser.add_argument("--run-url", help="URL of the CI run whose artifact holds the PNGs (named in the report)")
     args = parser.parse_args()
     if not Path("dvc.yaml").is_file():
         raise PipelineError("dvc.yaml not found; run from the repository's top folder")
@@ -138,7 +154,10 @@ def main() -> None:
         base_label=f"`{label(args.base, sha)}`",
         head_label=f"the workspace (`HEAD` = `{head}`{', with uncommitted changes' if dirty else ''})",
         ok=ok, verdict_line=line, params_diff=params_diff, metrics=metrics,
-        per_class=per_class_f1_table(base_per_class, head_per_class), pictures=PICTURES, notes=notes)
+        per_class=per_class_f1_table(base_per_class, head_per_class),
+        curves={"base": base_curves, "head": head_curves},
+        confusion={"base": base_confusion, "head": head_confusion},
+        pictures=pictures_sentence(args.out, args.run_url), notes=notes)
 
     figures = {"curves.png": curves_figure({"base": base_curves, "head": head_curves}),
                "confusion.png": confusion_figure({"base": base_confusion, "head": head_confusion})}

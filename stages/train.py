@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +31,17 @@ import torch
 import torch.distributed as dist
 
 from fmnist.data import CLASSES
-from fmnist.errors import DataError, ParamError, run
+from fmnist.errors import DataError, ParamError, PeersLost, PipelineError, run
 from fmnist.files import load_params, load_split, load_torch, save_torch, write_json, writing
 from fmnist.params import size_problems
 from fmnist.training import (
     Progress, ResumeError, build, checkpoint_state, fit, init_distributed, pick_device, pick_dtype, restore,
-    steps_per_epoch, to_device,
+    share_restored, steps_per_epoch, to_device,
 )
 
 # Params that don't change the numbers a run produces: a checkpoint made under other
 # values of these can still be resumed.
-NOT_RESULT_PARAMS = ("resume", "device", "compile")
+NOT_RESULT_PARAMS = ("resume", "device", "compile", "max_restarts")
 
 
 def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor, world: int) -> dict:
@@ -68,9 +69,9 @@ def resume(path: Path, key: dict, net, optimizer, scheduler, steps: int) -> Prog
     return progress
 
 
-def relaunch_under_torchrun(nproc: int) -> int:
+def relaunch_under_torchrun(nproc: int, max_restarts: int) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           __file__, *sys.argv[1:]]
+           f"--max-restarts={max_restarts}", __file__, *sys.argv[1:]]
     print(f"launching {nproc} processes: {' '.join(cmd[2:])}", flush=True)
     return subprocess.call(cmd)
 
@@ -103,7 +104,7 @@ def main() -> None:
         raise ParamError(problems[0])
     if p["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         pick_device(p["device"])  # a missing device is reported once, not by N processes
-        sys.exit(relaunch_under_torchrun(p["nproc"]))
+        sys.exit(relaunch_under_torchrun(p["nproc"], p["max_restarts"]))
 
     world, device = init_distributed(pick_device(p["device"]))
     dtype = pick_dtype(p["precision"], device)
@@ -117,9 +118,13 @@ def main() -> None:
 
     net, model, optimizer, scheduler = build(p, len(train_y), device, world)
     progress = None
-    if p["resume"]:
-        progress = resume(args.checkpoint, key, net, optimizer, scheduler,
-                          steps_per_epoch(len(train_y), p["batch_size"], world.world))
+    if p["resume"] or world.restart:  # torchrun restarted the workers after one failed
+        if world.main:
+            if world.restart:
+                print(f"torchrun restarted the workers (restart {world.restart}); resuming from the last checkpoint")
+            progress = resume(args.checkpoint, key, net, optimizer, scheduler,
+                              steps_per_epoch(len(train_y), p["batch_size"], world.world))
+        progress = share_restored(progress, net, optimizer, scheduler, world)
         if progress is None:  # a failed restore may have loaded part of the state
             net, model, optimizer, scheduler = build(p, len(train_y), device, world)
 
@@ -144,8 +149,18 @@ def main() -> None:
         print(f"epoch {progress.epoch}/{p['epochs']}: train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f} "
               f"| val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f} | {seconds:.1f} s", flush=True)
 
-    progress = fit(p, net, model, optimizer, scheduler, train, val, device=device, dtype=dtype, world=world,
-                   progress=progress, on_epoch=on_epoch)
+    try:
+        progress = fit(p, net, model, optimizer, scheduler, train, val, device=device, dtype=dtype, world=world,
+                       progress=progress, on_epoch=on_epoch)
+    except RuntimeError as exc:
+        # A peer that died shows here as a Gloo or NCCL transport error, not as a bug.
+        if world.world == 1 or isinstance(exc, PipelineError) or not (
+                isinstance(exc, dist.DistError) or "gloo" in str(exc).lower()):
+            raise
+        reason = re.sub(r"^\[[^]]*\]\s*", "", " ".join(str(exc).split())).split(". ")[0][:160]  # no source path
+        raise PeersLost(f"rank {world.rank} of {world.world} lost the other training processes ({reason}); "
+                        f"the first error above is the cause. With torchrun --max-restarts they all restart "
+                        f"and resume from the last checkpoint") from None
 
     if world.main:
         with writing(args.live_dir):
