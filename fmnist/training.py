@@ -477,8 +477,9 @@ def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int) 
         raise ValueError("the optimizer's state doesn't cover every weight alike")
     for i, param in enumerate(params):
         for name, value in state[i].items():
-            if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != param.shape) \
-                    or not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            shape = () if name == "step" else param.shape  # AdamW's step count is a scalar
+            if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point() \
+                    or not bool(torch.isfinite(value).all()):
                 raise ValueError(f"optimizer state {name!r} doesn't fit its weight")
     optimizer.load_state_dict(saved)
     return Progress(epoch, history, best)

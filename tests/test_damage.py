@@ -195,42 +195,55 @@ def tiny_data():
     return (x[:40], y[:40].long()), (x[40:], y[40:].long())
 
 
-def fresh():
+ADAMW = {**P, "optimizer": "adamw", "lr": 0.01}
+
+
+def fresh(p: dict = P):
     train, _ = tiny_data()
-    return build(P, len(train[1]), CPU)
+    return build(p, len(train[1]), CPU)
 
 
-def steps() -> int:
-    return steps_per_epoch(40, P["batch_size"])
+def steps(p: dict = P) -> int:
+    return steps_per_epoch(40, p["batch_size"])
+
+
+def _genuine(p: dict):
+    train, val = tiny_data()
+    net, model, optimizer, scheduler = fresh(p)
+    progress = fit({**p, "epochs": 1}, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False)
+    saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, net, optimizer, scheduler))),
+                       weights_only=True)
+    net, model, optimizer, scheduler = fresh(p)
+    straight = fit(p, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False)
+    return saved, net.state_dict(), straight
 
 
 @pytest.fixture(scope="module")
 def genuine():
-    """A checkpoint after epoch 1 of 2, round-tripped through bytes like the one on disk,
-    and the weights of the uninterrupted run."""
-    train, val = tiny_data()
-    net, model, optimizer, scheduler = fresh()
-    progress = fit({**P, "epochs": 1}, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False)
-    saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, net, optimizer, scheduler))),
-                       weights_only=True)
-    net, model, optimizer, scheduler = fresh()
-    straight = fit(P, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False)
-    return saved, net.state_dict(), straight
+    """A checkpoint after epoch 1 of 2 (SGD), round-tripped through bytes like the one on
+    disk, and the weights of the uninterrupted run."""
+    return _genuine(P)
 
 
-def resume_and_finish(checkpoint):
+@pytest.fixture(scope="module")
+def genuine_adamw():
+    return _genuine(ADAMW)
+
+
+def resume_and_finish(checkpoint, p: dict = P):
     """restore() into a fresh run, then train it to the end, as the train stage does."""
     train, val = tiny_data()
-    net, model, optimizer, scheduler = fresh()
-    progress = restore(checkpoint, KEY, net, optimizer, scheduler, steps())
-    progress = fit(P, net, model, optimizer, scheduler, train, val, device=CPU, progress=progress,
+    net, model, optimizer, scheduler = fresh(p)
+    progress = restore(checkpoint, KEY, net, optimizer, scheduler, steps(p))
+    progress = fit(p, net, model, optimizer, scheduler, train, val, device=CPU, progress=progress,
                    show_progress=False)
     return net, progress
 
 
-def test_a_genuine_checkpoint_resumes_to_the_uninterrupted_weights(genuine):
-    saved, weights, straight = genuine
-    net, progress = resume_and_finish(copy.deepcopy(saved))
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_genuine_checkpoint_resumes_to_the_uninterrupted_weights(request, optimizer):
+    saved, weights, straight = request.getfixturevalue("genuine" if optimizer == "sgd" else "genuine_adamw")
+    net, progress = resume_and_finish(copy.deepcopy(saved), P if optimizer == "sgd" else ADAMW)
     assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
     assert progress.history == straight.history and progress.best["epoch"] == straight.best["epoch"]
 
@@ -304,18 +317,20 @@ JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 10), st.floats(allow_
                  st.builds(torch.zeros, st.lists(st.integers(0, 3), max_size=3).map(tuple)))
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_any_value_anywhere_in_a_checkpoint_is_refused_or_trains_on(genuine, data):
+def test_any_value_anywhere_in_a_checkpoint_is_refused_or_trains_on(request, optimizer, data):
     """No damage makes the stage fail later: restore() refuses it or the run trains to its end."""
-    checkpoint = copy.deepcopy(genuine[0])
+    saved = request.getfixturevalue("genuine" if optimizer == "sgd" else "genuine_adamw")[0]
+    checkpoint = copy.deepcopy(saved)
     where = data.draw(st.sampled_from(sorted(_leaves(checkpoint), key=str)))
     node = checkpoint
     for part in where[:-1]:
         node = node[part]
     node[where[-1]] = data.draw(JUNK)
     try:
-        net, progress = resume_and_finish(checkpoint)
+        net, progress = resume_and_finish(checkpoint, P if optimizer == "sgd" else ADAMW)
     except ResumeError as exc:
         one_line(str(exc))
     else:
