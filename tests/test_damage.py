@@ -32,9 +32,7 @@ from fmnist.data import CLASSES
 from fmnist.errors import DataError, OutputError, ParamError
 from fmnist.files import load_model, load_params, load_split, torch_bytes, write_bytes, write_folder
 from fmnist.model import build_model
-from fmnist.training import (
-    Dist, ResumeError, build, checkpoint_state, fit, restore, steps_per_epoch,
-)
+from fmnist.training import ResumeError, build, checkpoint_state, evaluate, fit, restore, steps_per_epoch
 
 CPU = torch.device("cpu")
 
@@ -112,6 +110,23 @@ def test_any_truncation_or_flipped_bytes_give_checked_tensors_or_a_data_error(tm
         assert labels.dtype == torch.int64 and (len(labels) == 0 or 0 <= labels.min() <= labels.max() <= 9)
 
 
+def _leaves(node, path=()):
+    """Every place a value sits in a nest of dicts and lists (a model file, a checkpoint), as a path of keys."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, path + (i,))
+    if path:
+        yield path
+
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 10), st.floats(allow_nan=True), st.text(max_size=3),
+                 st.lists(st.integers(), max_size=2), st.just({}),
+                 st.builds(torch.zeros, st.lists(st.integers(0, 3), max_size=3).map(tuple)))
+
+
 # --- models -------------------------------------------------------------------
 
 def good_model(arch: str = "lenet") -> dict:
@@ -181,6 +196,26 @@ def load_model_from_bytes(data: bytes):
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.pt").write_bytes(data)
         return load_model(Path(tmp) / "model.pt")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_any_value_anywhere_in_a_model_file_is_refused_or_scores(data):
+    """What evaluate does with the model: a DataError, or a net that scores the test set."""
+    model = good_model()
+    where = data.draw(st.sampled_from(sorted(_leaves(model), key=str)))
+    node = model
+    for part in where[:-1]:
+        node = node[part]
+    node[where[-1]] = data.draw(JUNK)
+    try:
+        net, _ = load_model_from_bytes(torch_bytes(model))
+    except DataError as exc:
+        one_line(str(exc), "model.pt: ")
+    else:
+        x, y = (torch.from_numpy(a) for a in synthetic(8, seed=1))
+        result = evaluate(net, x, y.long(), device=CPU, batch_size=4, tta=True)
+        assert result.probs.shape == (8, 10) and bool(torch.isfinite(result.probs).all())
 
 
 # --- checkpoints under train.resume -------------------------------------------
@@ -298,23 +333,6 @@ def test_a_damaged_checkpoint_is_refused_saying_why(genuine, damage):
     with pytest.raises(ResumeError) as err:
         resume_and_finish(checkpoint)
     one_line(str(err.value), expected)
-
-
-def _leaves(node, path=()):
-    """Every place in a checkpoint a value sits, as a path of keys."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _leaves(value, path + (key,))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _leaves(value, path + (i,))
-    if path:
-        yield path
-
-
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 10), st.floats(allow_nan=True), st.text(max_size=3),
-                 st.lists(st.integers(), max_size=2), st.just({}),
-                 st.builds(torch.zeros, st.lists(st.integers(0, 3), max_size=3).map(tuple)))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
