@@ -42,6 +42,13 @@ class PeersLost(PipelineError, RuntimeError):
     """A process of a distributed run lost the others (one of them failed or was killed)."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """repr(value) on one line and at most `limit` characters, for a message: a tensor or
+    a long list found in a damaged file must not break the one-line rule."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class Terminated(BaseException):
     """SIGTERM arrived; raised like KeyboardInterrupt so the same clean-up runs."""
 

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from fmnist.data import CLASSES, EXPECTED_COUNTS, RAW_FILES, check_pair, decompress, parse_idx
-from fmnist.errors import DataError, OutputError, ParamError
+from fmnist.errors import DataError, OutputError, ParamError, shown
 from fmnist.model import ARCHITECTURES, build_model, weights_problem
 from fmnist.params import check_params
 
@@ -250,13 +250,13 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
         raise DataError(f"{name}: not a model file of this project (expected keys {sorted(need)}, "
                         f"found {found}); {hint}")
     if not isinstance(obj["model"], str) or obj["model"] not in ARCHITECTURES:
-        raise DataError(f"{name}: unknown architecture {obj['model']!r:.80} (known: {', '.join(ARCHITECTURES)}); {hint}")
+        raise DataError(f"{name}: unknown architecture {shown(obj['model'])} (known: {', '.join(ARCHITECTURES)}); {hint}")
     classes = obj["classes"]
     # The net's last layer has one output per class, and the labels are 0-9.
     if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) \
             or not all(isinstance(c, str) for c in classes):
         raise DataError(f"{name}: 'classes' should be a list of {len(CLASSES)} class names, "
-                        f"found {classes!r:.80}; {hint}")
+                        f"found {shown(classes)}; {hint}")
     net = build_model(obj["model"], len(classes))
     problem = weights_problem(obj["state_dict"], net)
     if problem:

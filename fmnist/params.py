@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fmnist.errors import shown
+
 MODELS = ("cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -91,7 +93,7 @@ def _check_value(path: str, value: Any, rule: Rule) -> str | None:
     if rule.kind is float and kind is int:  # 1 is a fine learning rate; true is not
         value, kind = float(value), float
     if kind is not rule.kind or not rule.ok(value):
-        return f"{path}: got {value!r}, expected {rule.allowed}"
+        return f"{path}: got {shown(value)}, expected {rule.allowed}"
     return None
 
 
@@ -127,14 +129,14 @@ def size_problems(images: int, val_size: int, batch_size: int, nproc: int, sourc
 def check_params(params: Any) -> list[str]:
     """Return one message per problem in `params` (empty when all is well)."""
     if not isinstance(params, dict):
-        return [f"expected a mapping of sections ({', '.join(SCHEMA)}) at the top, got {params!r:.60}"]
+        return [f"expected a mapping of sections ({', '.join(SCHEMA)}) at the top, got {shown(params)}"]
     errors = []
     for section, value in params.items():
         if section not in SCHEMA:
-            errors.append(f"unknown section '{section}'{_suggest(str(section), list(SCHEMA))}; "
+            errors.append(f"unknown section {shown(section, 40)}{_suggest(str(section), list(SCHEMA))}; "
                           f"known sections: {', '.join(SCHEMA)}")
         elif not isinstance(value, dict):
-            errors.append(f"{section}: expected a mapping of keys, got {value!r}")
+            errors.append(f"{section}: expected a mapping of keys, got {shown(value)}")
     for section, rules in SCHEMA.items():
         given = params.get(section)
         if not isinstance(given, dict):
@@ -143,7 +145,7 @@ def check_params(params: Any) -> list[str]:
             continue
         for key in given:
             if key not in rules:
-                errors.append(f"{section}.{key}: unknown key{_suggest(str(key), list(rules))}; "
+                errors.append(f"{section}.{' '.join(str(key).split())[:40]}: unknown key{_suggest(str(key), list(rules))}; "
                               f"known keys: {', '.join(rules)}")
         for key, rule in rules.items():
             if key not in given:

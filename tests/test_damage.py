@@ -379,6 +379,34 @@ def test_a_damaged_params_file_is_one_line(tmp_path, damage):
     one_line(str(err.value), f"{path}: ", expected)
 
 
+YAML_JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_value_anywhere_in_params_is_checked_params_or_one_line_per_problem(tmp_path, data):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    where = data.draw(st.sampled_from(sorted(_leaves(params), key=str)))
+    node = params
+    for part in where[:-1]:
+        node = node[part]
+    node[where[-1]] = data.draw(YAML_JUNK)
+    if data.draw(st.booleans()):  # a new key too
+        node[data.draw(st.text(max_size=8))] = data.draw(YAML_JUNK)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    try:
+        load_params(path)
+    except ParamError as exc:
+        first, *rest = str(exc).split("\n")
+        assert first.startswith(f"{path}"), str(exc)
+        assert all(line.startswith("  ") and line.strip() for line in rest), str(exc)
+        assert len(rest) == 0 or first.endswith(f"has {len(rest)} problems:"), str(exc)
+
+
 def test_several_problems_one_line_each(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(lr=-1, epochs=0)
