@@ -99,12 +99,12 @@ def test_the_params_check_refuses_what_cannot_train():
 @st.composite
 def run_sizes(draw):
     """Sizes of a small run: mostly trainable, some not (what the checks must refuse)."""
-    images = draw(st.integers(1, 40))
+    images = draw(st.integers(1, 32))
     return images, draw(st.integers(1, max(1, images - 1))), draw(st.integers(1, 150)), \
         draw(st.integers(1, 2)), draw(st.integers(1, 4))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=run_sizes(), rank=st.integers(0, 3), model=st.sampled_from(["lenet", "cnn"]),
        optimizer=st.sampled_from(["sgd", "adamw"]))
 def test_every_size_the_params_allow_trains(group, sizes, rank, model, optimizer):
