@@ -42,11 +42,19 @@ class PeersLost(PipelineError, RuntimeError):
     """A process of a distributed run lost the others (one of them failed or was killed)."""
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """repr(value) on one line and at most `limit` characters, for a message: a tensor or
+    a long list found in a damaged file must not break the one-line rule."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class Terminated(BaseException):
     """SIGTERM arrived; raised like KeyboardInterrupt so the same clean-up runs."""
 
 
 def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
     raise Terminated()
 
 
@@ -61,6 +69,7 @@ def run(main: Callable[[], object]) -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"error: {where}{exc.strerror or exc}", 1)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback
         _fail("interrupted; outputs are written whole or not at all", 130)
     except Terminated:
         _fail("terminated (SIGTERM); outputs are written whole or not at all", 128 + signal.SIGTERM)

@@ -32,8 +32,8 @@ import torch
 import yaml
 
 from fmnist.data import CLASSES, EXPECTED_COUNTS, RAW_FILES, check_pair, decompress, parse_idx
-from fmnist.errors import DataError, OutputError, ParamError
-from fmnist.model import ARCHITECTURES, build_model
+from fmnist.errors import DataError, OutputError, ParamError, shown
+from fmnist.model import ARCHITECTURES, build_model, weights_problem
 from fmnist.params import check_params
 
 PARAMS_FILE = "params.yaml"
@@ -50,12 +50,18 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     except FileNotFoundError:
         raise ParamError(f"{path}: file not found; run from the repository's top folder") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ParamError(f"{path}: cannot be read as text ({_reason(exc)})") from None
-    except yaml.YAMLError as exc:
-        raise ParamError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ParamError(f"{path}: cannot be read as text ({_reason(exc)}); restore it with "
+                         f"`git checkout {path}`") from None
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ParamError(f"{path}: not valid YAML: {_one_line(exc)}; fix it or restore it with "
+                         f"`git checkout {path}`") from None
+    if params is None:
+        raise ParamError(f"{path}: the file is empty; restore it with `git checkout {path}`")
     errors = check_params(params)
-    if errors:
-        raise ParamError(f"{path} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+    if len(errors) == 1:
+        raise ParamError(f"{path}: {errors[0]}")
+    if errors:  # one line each
+        raise ParamError(f"{path} has {len(errors)} problems:\n  " + "\n  ".join(errors))
     return params
 
 
@@ -65,11 +71,33 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
 
 
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, on one line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, unchanged: bool = False) -> Iterator[None]:
+    """Turn an OSError while writing `path` (no space, file too large, read-only folder)
+    into an OutputError naming it and the cause; a write() that fails on a full disk
+    names no file by itself. `unchanged`: the write was atomic, say what is left."""
+    path = Path(path)
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        left = ("; the previous one is unchanged" if path.exists() else "; nothing was written") if unchanged else ""
+        raise OutputError(f"{path}: could not write it ({_reason(exc)}){left}") from None
 
 
 @contextlib.contextmanager
@@ -83,18 +111,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # A fixed name: what a killed run left behind is cleared by the next one.
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove(tmp)
-        yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        if tmp.is_dir() and path.is_dir():
-            shutil.rmtree(path)  # rename() can't replace a non-empty folder
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: could not write it ({_reason(exc)}); "
-                          f"{'the previous one is unchanged' if path.exists() else 'nothing was written'}") from None
+        with writing(path, unchanged=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove(tmp)
+            yield tmp
+            if tmp.is_file():
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # rename() can't replace a folder with a file, nor a non-empty one
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             _remove(tmp)
@@ -124,10 +150,15 @@ def save_torch(path: str | Path, obj: Any) -> None:
     write_bytes(path, torch_bytes(obj))
 
 
-def save_figure(path: str | Path, fig) -> None:
+def figure_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes, rendered in memory."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(path: str | Path, fig) -> None:
+    write_bytes(path, figure_bytes(fig))
 
 
 def save_csv(path: str | Path, table) -> None:
@@ -136,10 +167,12 @@ def save_csv(path: str | Path, table) -> None:
 
 def write_folder(path: str | Path, files: dict[str, bytes]) -> None:
     """Write a whole folder of files at once: the previous folder stays until all are written."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         tmp.mkdir()
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
+            with writing(path / name, unchanged=True):  # name the file that didn't fit
+                (tmp / name).write_bytes(data)
 
 
 # --- reading ----------------------------------------------------------------
@@ -156,10 +189,14 @@ def read_bytes(path: Path, hint: str) -> bytes:
 def load_torch(path: Path, hint: str) -> Any:
     """torch.load with weights_only (no code runs from the file); any damage is a DataError."""
     data = read_bytes(path, hint)
+    if not data:
+        raise DataError(f"{path}: the file is empty; {hint}")
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch reports damage with many exception types
-        raise DataError(f"{path}: not a readable torch file ({' '.join(str(exc).split())[:200]}); {hint}") from None
+        if not data.startswith(b"PK\x03\x04"):  # what torch.save writes: a zip archive
+            raise DataError(f"{path}: not a torch file (it doesn't start like one); {hint}") from None
+        raise DataError(f"{path}: not a readable torch file, truncated or damaged ({_one_line(exc)}); {hint}") from None
 
 
 def read_raw_split(raw_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,21 +245,26 @@ MODEL_HINT = "re-create it with `dvc repro --force train` (or `dvc checkout` to 
 def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.Module, dict]:
     """The net a saved model describes, with its weights loaded, and the model file's dict."""
     need = {"state_dict", "model", "classes"}
+    if isinstance(obj, dict) and {"optimizer", "history", "best"} <= set(obj):
+        raise DataError(f"{name}: this is a training checkpoint, not a model file "
+                        f"(the train stage writes both); {hint}")
     if not isinstance(obj, dict) or not need <= set(obj):
         found = f"keys {sorted(map(str, obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise DataError(f"{name}: not a model file of this project (expected keys {sorted(need)}, "
                         f"found {found}); {hint}")
-    if obj["model"] not in ARCHITECTURES:
-        raise DataError(f"{name}: unknown architecture {obj['model']!r} (known: {', '.join(ARCHITECTURES)}); {hint}")
+    if not isinstance(obj["model"], str) or obj["model"] not in ARCHITECTURES:
+        raise DataError(f"{name}: unknown architecture {shown(obj['model'])} (known: {', '.join(ARCHITECTURES)}); {hint}")
     classes = obj["classes"]
-    if not isinstance(classes, (list, tuple)) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise DataError(f"{name}: 'classes' should be a list of class names, found {classes!r:.80}; {hint}")
+    # The net's last layer has one output per class, and the labels are 0-9.
+    if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) \
+            or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{name}: 'classes' should be a list of {len(CLASSES)} class names, "
+                        f"found {shown(classes)}; {hint}")
     net = build_model(obj["model"], len(classes))
-    try:
-        net.load_state_dict(obj["state_dict"])
-    except Exception as exc:  # noqa: BLE001 - missing/unexpected keys, wrong shapes, not a dict
-        first = " ".join(str(exc).split())[:200]
-        raise DataError(f"{name}: its weights don't fit a {obj['model']} net ({first}); {hint}") from None
+    problem = weights_problem(obj["state_dict"], net)
+    if problem:
+        raise DataError(f"{name}: not the weights of a {obj['model']} net: {problem}; {hint}")
+    net.load_state_dict(obj["state_dict"])
     return net.eval(), obj
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -45,3 +46,29 @@ ARCHITECTURES = {"cnn": cnn, "lenet": lenet}
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:
     return ARCHITECTURES[name](num_classes)
+
+
+def weights_problem(state: object, net: nn.Module) -> str | None:
+    """Why `state` can't be `net`'s weights, or None when it can.
+
+    Stricter than `load_state_dict`, which converts dtypes and accepts NaN: the same keys,
+    and for each a tensor of the same shape and dtype with only finite values.
+    """
+    if not isinstance(state, dict):
+        return f"the weights are a {type(state).__name__}, not a dict of tensors"
+    expected = net.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(map(str, set(state) - set(expected)))
+    if missing or unexpected:
+        return " and ".join(f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                            for what, names in (("weights missing", missing), ("unexpected weights", unexpected))
+                            if names)
+    for key, ref in expected.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            return f"weight {key} is a {type(value).__name__}, not a tensor"
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            return (f"weight {key} is {value.dtype} {tuple(value.shape)}, "
+                    f"expected {ref.dtype} {tuple(ref.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"weight {key} holds NaN or infinite values"
+    return None

@@ -4,7 +4,8 @@
 
 Every key the pipeline knows is listed in SCHEMA with its type and allowed range; an
 unknown key is an error too (with the closest known key suggested), so a typo can't
-silently fall back to a default.
+silently fall back to a default. Values that are each fine but can't train together
+(more processes than training images, say) are refused too: see `size_problems`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fmnist.errors import shown
+
 MODELS = ("cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRAIN_IMAGES = 60_000  # size of the training file the validation set is cut from
+SEED_MAX = 2**32 - 1  # numpy's global seed (seeded from train.seed) takes no more
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,10 @@ def _choice(options: tuple[str, ...]) -> Rule:
     return Rule(str, "one of " + ", ".join(options), lambda v: v in options)
 
 
-def _float(lo: float, hi: float, lo_open: bool = True) -> Rule:
-    bound = ">" if lo_open else ">="
-    return Rule(float, f"a finite number {bound} {lo:g} and <= {hi:g}",
-                lambda v: math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi)
+def _float(lo: float, hi: float, lo_open: bool = True, hi_open: bool = False) -> Rule:
+    low, high = (">" if lo_open else ">="), ("<" if hi_open else "<=")
+    return Rule(float, f"a finite number {low} {lo:g} and {high} {hi:g}",
+                lambda v: math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
 
 
 _BOOL = Rule(bool, "true or false")
@@ -48,7 +52,7 @@ _BOOL = Rule(bool, "true or false")
 SCHEMA: dict[str, dict[str, Rule]] = {
     "data": {
         "val_size": _int(1, TRAIN_IMAGES - 1),
-        "seed": _int(0),
+        "seed": _int(0, SEED_MAX),
     },
     "train": {
         "model": _choice(MODELS),
@@ -56,11 +60,11 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "batch_size": _int(1),
         "optimizer": _choice(OPTIMIZERS),
         "lr": _float(0, 10),
-        "momentum": _float(0, 1, lo_open=False),
+        "momentum": _float(0, 1, lo_open=False, hi_open=True),  # AdamW's beta1 must be < 1
         "weight_decay": _float(0, 1, lo_open=False),
         "label_smoothing": _float(0, 1, lo_open=False),
         "augment": _BOOL,
-        "seed": _int(0),
+        "seed": _int(0, SEED_MAX),
         "device": _choice(DEVICES),
         "precision": _choice(PRECISIONS),
         "compile": _BOOL,
@@ -89,21 +93,50 @@ def _check_value(path: str, value: Any, rule: Rule) -> str | None:
     if rule.kind is float and kind is int:  # 1 is a fine learning rate; true is not
         value, kind = float(value), float
     if kind is not rule.kind or not rule.ok(value):
-        return f"{path}: got {value!r}, expected {rule.allowed}"
+        return f"{path}: got {shown(value)}, expected {rule.allowed}"
     return None
+
+
+def val_size_problem(images: int, val_size: int, source: str = "Fashion-MNIST") -> str | None:
+    """Why `val_size` validation images can't be held out of `images` (what `source` has), or None."""
+    if val_size < 1:
+        return f"data.val_size: got {val_size}, but at least one validation image is needed to pick the best epoch"
+    if val_size >= images:
+        return (f"data.val_size: got {val_size}, but {source} has {images} training images; "
+                f"at most {images - 1} can be held out for validation")
+    return None
+
+
+def size_problems(images: int, val_size: int, batch_size: int, nproc: int, source: str = "Fashion-MNIST") -> list[str]:
+    """Why `val_size`, `batch_size` and `nproc` can't train on `images` training images
+    (what `source` has), one line each; empty when they can.
+
+    Any other combination trains: every one of the `nproc` processes takes an equal
+    shard of the images left after the validation split, at least one, in batches of
+    batch_size // nproc images, at least one, a short last batch included.
+    """
+    problems = [val_size_problem(images, val_size, source)]
+    if problems[0] is None and images - val_size < nproc:
+        problems.append(f"train.nproc: got {nproc}, but {source} has {images} training images and data.val_size "
+                        f"holds out {val_size}, leaving {images - val_size}: fewer than one per process; "
+                        f"lower train.nproc or data.val_size")
+    if batch_size < nproc:
+        problems.append(f"train.batch_size: got {batch_size}, but each of the train.nproc {nproc} processes "
+                        f"takes batch_size / nproc images a step: it must be at least {nproc}")
+    return [p for p in problems if p]
 
 
 def check_params(params: Any) -> list[str]:
     """Return one message per problem in `params` (empty when all is well)."""
     if not isinstance(params, dict):
-        return [f"params.yaml must be a mapping of sections ({', '.join(SCHEMA)}), got {type(params).__name__}"]
+        return [f"expected a mapping of sections ({', '.join(SCHEMA)}) at the top, got {shown(params)}"]
     errors = []
     for section, value in params.items():
         if section not in SCHEMA:
-            errors.append(f"unknown section '{section}'{_suggest(str(section), list(SCHEMA))}; "
+            errors.append(f"unknown section {shown(section, 40)}{_suggest(str(section), list(SCHEMA))}; "
                           f"known sections: {', '.join(SCHEMA)}")
         elif not isinstance(value, dict):
-            errors.append(f"{section}: expected a mapping of keys, got {value!r}")
+            errors.append(f"{section}: expected a mapping of keys, got {shown(value)}")
     for section, rules in SCHEMA.items():
         given = params.get(section)
         if not isinstance(given, dict):
@@ -112,7 +145,7 @@ def check_params(params: Any) -> list[str]:
             continue
         for key in given:
             if key not in rules:
-                errors.append(f"{section}.{key}: unknown key{_suggest(str(key), list(rules))}; "
+                errors.append(f"{section}.{' '.join(str(key).split())[:40]}: unknown key{_suggest(str(key), list(rules))}; "
                               f"known keys: {', '.join(rules)}")
         for key, rule in rules.items():
             if key not in given:
@@ -121,4 +154,7 @@ def check_params(params: Any) -> list[str]:
                 problem = _check_value(f"{section}.{key}", given[key], rule)
                 if problem:
                     errors.append(problem)
+    if not errors:  # each value is fine on its own: do they train together?
+        errors = size_problems(TRAIN_IMAGES, params["data"]["val_size"], params["train"]["batch_size"],
+                               params["train"]["nproc"])
     return errors

@@ -23,6 +23,7 @@ import os
 import random
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from fmnist.data import CLASSES, normalize
 from fmnist.data import augment as augment_batch
 from fmnist.errors import ParamError, TrainingDiverged
-from fmnist.model import build_model
+from fmnist.model import build_model, weights_problem
 
 CHECK_EVERY = 50  # batches between loss checks: each check waits for a GPU to catch up
 STORE_TIMEOUT = timedelta(minutes=30)  # how long ranks wait for each other to start (Gloo's default)
@@ -141,11 +142,23 @@ def make_optimizer(p: dict, net: torch.nn.Module, total_steps: int):
     return optimizer, scheduler
 
 
+def per_rank_batch(batch_size: int, world: int = 1) -> int:
+    """Images each of `world` processes takes a step: `train.batch_size` is the global batch."""
+    return max(1, batch_size // world)
+
+
+def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank `rank`'s part of an epoch's order: every rank gets len(order) // world items.
+
+    Equal shards give every rank the same number of steps, which DDP needs (each step
+    waits for all ranks); the len(order) % world items left over sit this epoch out.
+    """
+    return order[:len(order) - len(order) % world][rank::world]
+
+
 def steps_per_epoch(n_train: int, batch_size: int, world: int = 1) -> int:
-    """Optimizer steps in one epoch: each of `world` ranks takes an equal shard, batch_size // world a step."""
-    shard = n_train // world
-    per_rank = max(1, batch_size // world)
-    return -(-shard // per_rank)
+    """Optimizer steps in one epoch, on every rank: its shard in batches of per_rank_batch."""
+    return -(-(n_train // world) // per_rank_batch(batch_size, world))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -283,8 +296,10 @@ def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int,
     model.train()
     order_gen, aug_gen = epoch_generators(seed, epoch, world.rank)
     order = torch.randperm(len(images), generator=order_gen)
-    order = to_device(order[:len(order) - len(order) % world.world][world.rank::world.world], device)
+    order = to_device(shard(order, world.rank, world.world), device)
     n_batches = -(-len(order) // batch_size)
+    if n_batches == 0:  # fmnist.params.size_problems refuses this up front
+        raise ParamError(f"train.nproc: {world.world} processes but only {len(images)} training images")
     losses = torch.zeros(n_batches, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False,
@@ -360,7 +375,7 @@ class Progress:
 
 
 class ResumeError(ValueError):
-    """A checkpoint's contents don't fit the run being resumed; the caller starts afresh."""
+    """A checkpoint can't be resumed (the message says why); the caller starts afresh."""
 
 
 def build(p: dict, n_train: int, device: torch.device, world: Dist = Dist()):
@@ -383,26 +398,91 @@ def build(p: dict, n_train: int, device: torch.device, world: Dist = Dist()):
     return net, model, optimizer, scheduler
 
 
-def restore(checkpoint: dict, net, optimizer, scheduler) -> Progress:
-    """Load a checkpoint's state into a freshly built run; ResumeError when it doesn't fit.
+HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
-    After a ResumeError the run may be half loaded: build a fresh one to start afresh.
+
+def checkpoint_state(progress: Progress, key: dict, net, optimizer, scheduler) -> dict:
+    """The full training state after `progress.epoch` epochs, as `restore` reads it back.
+
+    `key` is what a run must match to resume from it (the train stage's params, process
+    count and data hash).
     """
+    return {"epoch": progress.epoch, "key": key, "state_dict": net.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": progress.history, "best": progress.best}
+
+
+def restore(checkpoint: object, key: dict, net, optimizer, scheduler, steps_per_epoch: int) -> Progress:
+    """Load a checkpoint into a freshly built run and return its Progress.
+
+    Raises ResumeError, whose message completes "the checkpoint ...", when it isn't one,
+    was made for another run (its key differs from `key`) or is damaged in any way:
+    everything the loop later reads back is checked here, so training can't fail on it
+    halfway. After a ResumeError the run may be half loaded: build a fresh one.
+    """
+    if not isinstance(checkpoint, dict) or not {"key", "epoch"} <= set(checkpoint):
+        raise ResumeError("is not a training checkpoint")
     try:
-        net.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        progress = Progress(int(checkpoint["epoch"]), list(checkpoint["history"]), dict(checkpoint["best"]))
-        if len(progress.history) != progress.epoch or progress.best["state_dict"] is None \
-                or not 1 <= progress.best["epoch"] <= progress.epoch:
-            raise ValueError(f"{progress.epoch} epochs done but {len(progress.history)} rows of history")
-        float(progress.best["val_acc"])
-        for key, value in net.state_dict().items():
-            if tuple(progress.best["state_dict"][key].shape) != tuple(value.shape):
-                raise ValueError(f"best weights: {key} has the wrong shape")
+        same = bool(checkpoint["key"] == key)
+    except Exception:  # noqa: BLE001 - a damaged key may not even compare
+        same = False
+    if not same:
+        raise ResumeError("was made with other train params, process count or data")
+    try:
+        return _restore(checkpoint, net, optimizer, scheduler, steps_per_epoch)
     except Exception as exc:  # noqa: BLE001 - a damaged checkpoint fails in many ways
-        raise ResumeError(" ".join(str(exc).split())[:200] or type(exc).__name__) from None
-    return progress
+        raise ResumeError(f"is damaged ({' '.join(str(exc).split())[:200] or type(exc).__name__})") from None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int) -> Progress:
+    epoch, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise ValueError(f"epoch {epoch!r:.40}, expected a whole number >= 1")
+    if not isinstance(history, list) or len(history) != epoch:
+        raise ValueError(f"{epoch} epochs done but the history is {history!r:.40}")
+    for row in history:
+        if not isinstance(row, dict) or set(row) != set(HISTORY_KEYS) or not all(map(_is_number, row.values())):
+            raise ValueError(f"a row of history is {row!r:.80}")
+    if not isinstance(best, dict) or set(best) != {"val_acc", "epoch", "state_dict"}:
+        raise ValueError(f"'best' is {best!r:.60}")
+    if not isinstance(best["epoch"], int) or not 1 <= best["epoch"] <= epoch \
+            or best["val_acc"] != history[best["epoch"] - 1]["val/acc"]:
+        raise ValueError(f"the best epoch {best['epoch']!r:.20} doesn't match the history")
+    for what, state in (("weights", checkpoint["state_dict"]), ("best weights", best["state_dict"])):
+        problem = weights_problem(state, net)
+        if problem:
+            raise ValueError(f"{what}: {problem}")
+    net.load_state_dict(checkpoint["state_dict"])
+
+    # The schedule is a function of the step: replay it to where the checkpoint says it
+    # is, then the optimizer's settings and learning rate must be exactly this run's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": on purpose
+        for _ in range(epoch * steps_per_epoch):
+            scheduler.step()
+    saved = checkpoint["optimizer"]
+    if not isinstance(saved, dict) or saved.get("param_groups") != optimizer.state_dict()["param_groups"]:
+        raise ValueError("the optimizer's settings or learning rate differ from this run's")
+    if checkpoint["scheduler"] != scheduler.state_dict():
+        raise ValueError(f"the schedule isn't where {epoch} epoch(s) of this run leave it")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved.get("state")
+    if not isinstance(state, dict) or set(state) != set(range(len(params))) \
+            or not all(isinstance(s, dict) for s in state.values()) \
+            or len({frozenset(s) for s in state.values()}) != 1:
+        raise ValueError("the optimizer's state doesn't cover every weight alike")
+    for i, param in enumerate(params):
+        for name, value in state[i].items():
+            shape = () if name == "step" else param.shape  # AdamW's step count is a scalar
+            if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point() \
+                    or not bool(torch.isfinite(value).all()):
+                raise ValueError(f"optimizer state {name!r} doesn't fit its weight")
+    optimizer.load_state_dict(saved)
+    return Progress(epoch, history, best)
 
 
 def share_restored(progress: Progress | None, net, optimizer, scheduler, world: Dist) -> Progress | None:
@@ -442,7 +522,7 @@ def fit(p: dict, net, model, optimizer, scheduler, train: tuple, val: tuple, *, 
     `train_epoch`. Returns the final Progress, with the best epoch's weights (rank 0).
     """
     progress = progress or Progress()
-    per_rank = max(1, p["batch_size"] // world.world)  # train.batch_size is the global batch
+    per_rank = per_rank_batch(p["batch_size"], world.world)
     for epoch in range(progress.epoch + 1, p["epochs"] + 1):
         t0 = time.perf_counter()
         train_loss, train_acc = train_epoch(

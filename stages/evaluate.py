@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmnist.errors import run
-from fmnist.files import load_model, load_params, load_split, save_csv, save_figure, write_json
+from fmnist.errors import DataError, run
+from fmnist.files import figure_bytes, load_model, load_params, load_split, save_csv, write_bytes, write_json
 from fmnist.metrics import confusion_rows, misclassified_grid, per_class_table, summarize
 from fmnist.training import evaluate, pick_device, pick_dtype, prepare_model
 
@@ -29,6 +29,8 @@ def main() -> None:
     p = params["evaluate"]
 
     images, labels = load_split(args.prepared / "test.pt")
+    if len(labels) == 0:
+        raise DataError(f"{args.prepared / 'test.pt'}: holds no images; re-create it with `dvc repro --force prepare`")
     net, card = load_model(args.model)
     device = pick_device(params["train"]["device"])
     dtype = pick_dtype(params["train"]["precision"], device)
@@ -37,11 +39,14 @@ def main() -> None:
     labels, probs = labels.numpy(), result.probs.numpy()
     preds = probs.argmax(1)
     summary = summarize(labels, probs, result.loss)
+    table, confusion = per_class_table(labels, preds), confusion_rows(labels, preds)
+    grid = figure_bytes(misclassified_grid(images.numpy(), labels, preds, p["misclassified"], probs))
 
+    # Everything is computed before the first write, so only a failing disk can leave a mix.
     write_json(args.metrics, summary)
-    save_csv(args.table, per_class_table(labels, preds))
-    save_csv(args.confusion, confusion_rows(labels, preds))
-    save_figure(args.grid, misclassified_grid(images.numpy(), labels, preds, p["misclassified"], probs))
+    save_csv(args.table, table)
+    save_csv(args.confusion, confusion)
+    write_bytes(args.grid, grid)
     print(f"test accuracy {summary['test_acc']:.4f}, loss {summary['test_loss']:.4f}, "
           f"macro F1 {summary['test_f1_macro']:.4f} (model from epoch {card.get('epoch', '?')})")
 

@@ -12,9 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-from fmnist.data import CLASSES, class_counts, split_train_val
-from fmnist.errors import run
+from fmnist.data import CLASSES, RAW_FILES, class_counts, split_train_val
+from fmnist.errors import DataError, ParamError, run
 from fmnist.files import load_params, read_raw_split, torch_bytes, write_folder
+from fmnist.params import val_size_problem
 
 
 def main() -> None:
@@ -26,6 +27,12 @@ def main() -> None:
 
     train_images, train_labels = read_raw_split(args.raw, "train")
     test_images, test_labels = read_raw_split(args.raw, "test")
+    # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
+    problem = val_size_problem(len(train_labels), params["val_size"], str(args.raw / RAW_FILES["train", "images"]))
+    if problem:
+        raise ParamError(problem)
+    if len(test_labels) == 0:
+        raise DataError(f"{args.raw / RAW_FILES['test', 'images']}: holds no images; the test set can't be empty")
     train_idx, val_idx = split_train_val(len(train_labels), params["val_size"], params["seed"])
     splits = {
         "train": (train_images[train_idx], train_labels[train_idx]),

@@ -32,9 +32,11 @@ import torch.distributed as dist
 
 from fmnist.data import CLASSES
 from fmnist.errors import DataError, ParamError, PeersLost, PipelineError, run
-from fmnist.files import load_params, load_split, load_torch, save_torch, write_json
+from fmnist.files import load_params, load_split, load_torch, save_torch, write_json, writing
+from fmnist.params import size_problems
 from fmnist.training import (
-    Progress, ResumeError, build, fit, init_distributed, pick_device, pick_dtype, restore, share_restored, to_device,
+    Progress, ResumeError, build, checkpoint_state, fit, init_distributed, pick_device, pick_dtype, restore,
+    share_restored, steps_per_epoch, to_device,
 )
 
 # Params that don't change the numbers a run produces: a checkpoint made under other
@@ -50,23 +52,18 @@ def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor, world: int) -> 
             "data_sha256": digest}
 
 
-def resume(path: Path, key: dict, net, optimizer, scheduler) -> Progress | None:
+def resume(path: Path, key: dict, net, optimizer, scheduler, steps: int) -> Progress | None:
     """The Progress of a checkpoint that matches this run, loaded into it; None (say why) otherwise."""
-    if not path.is_file():
+    if not path.exists():
         print(f"train.resume: no checkpoint at {path}; starting afresh")
         return None
     try:
-        checkpoint = load_torch(path, "starting afresh")
+        progress = restore(load_torch(path, "starting afresh"), key, net, optimizer, scheduler, steps)
     except DataError as exc:
         print(f"train.resume: {exc}")
         return None
-    if not isinstance(checkpoint, dict) or checkpoint.get("key") != key:
-        print(f"train.resume: {path} was made with other train params, process count or data; starting afresh")
-        return None
-    try:
-        progress = restore(checkpoint, net, optimizer, scheduler)
     except ResumeError as exc:
-        print(f"train.resume: {path} is damaged ({exc}); starting afresh")
+        print(f"train.resume: {path} {exc}; starting afresh")
         return None
     print(f"train.resume: resuming after epoch {progress.epoch} from {path}")
     return progress
@@ -97,11 +94,14 @@ def main() -> None:
     train_x, train_y = load_split(args.prepared / "train.pt")
     val_x, val_y = load_split(args.prepared / "val.pt")
     world_size = int(os.environ.get("WORLD_SIZE", p["nproc"]))
-    if len(train_y) < world_size:
-        raise ParamError(f"train.nproc: {world_size} processes need at least {world_size} training images, "
-                         f"{args.prepared / 'train.pt'} has {len(train_y)}; lower data.val_size or train.nproc")
     if len(val_y) == 0:
-        raise DataError(f"{args.prepared / 'val.pt'}: no validation images; set data.val_size >= 1")
+        raise DataError(f"{args.prepared / 'val.pt'}: no validation images; re-create it with "
+                        f"`dvc repro --force prepare`")
+    # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
+    problems = size_problems(len(train_y) + len(val_y), len(val_y), p["batch_size"], world_size,
+                             source=str(args.prepared))
+    if problems:
+        raise ParamError(problems[0])
     if p["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         pick_device(p["device"])  # a missing device is reported once, not by N processes
         sys.exit(relaunch_under_torchrun(p["nproc"], p["max_restarts"]))
@@ -122,7 +122,8 @@ def main() -> None:
         if world.main:
             if world.restart:
                 print(f"torchrun restarted the workers (restart {world.restart}); resuming from the last checkpoint")
-            progress = resume(args.checkpoint, key, net, optimizer, scheduler)
+            progress = resume(args.checkpoint, key, net, optimizer, scheduler,
+                              steps_per_epoch(len(train_y), p["batch_size"], world.world))
         progress = share_restored(progress, net, optimizer, scheduler, world)
         if progress is None:  # a failed restore may have loaded part of the state
             net, model, optimizer, scheduler = build(p, len(train_y), device, world)
@@ -133,18 +134,18 @@ def main() -> None:
 
         # Logged into place as training goes, so a run shows while it trains; a killed
         # run leaves the epochs it did, and the next run starts the folder afresh.
-        live = Live(dir=str(args.live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-        for row in (progress.history if progress else []):  # epochs a resumed run did before
-            log_row(live, row)
+        with writing(args.live_dir):  # DVCLive's own writes name no file when the disk is full
+            live = Live(dir=str(args.live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+            for row in (progress.history if progress else []):  # epochs a resumed run did before
+                log_row(live, row)
 
     def on_epoch(progress: Progress, seconds: float) -> None:
         row = progress.history[-1]
-        log_row(live, row)
+        # The checkpoint first: when it can't be written, the summary still tells the truth.
+        save_torch(args.checkpoint, checkpoint_state(progress, key, net, optimizer, scheduler))
         write_json(args.summary, summary(progress))
-        save_torch(args.checkpoint, {
-            "epoch": progress.epoch, "key": key, "state_dict": net.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": progress.history, "best": progress.best})
+        with writing(args.live_dir):
+            log_row(live, row)
         print(f"epoch {progress.epoch}/{p['epochs']}: train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f} "
               f"| val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f} | {seconds:.1f} s", flush=True)
 
@@ -162,7 +163,8 @@ def main() -> None:
                         f"and resume from the last checkpoint") from None
 
     if world.main:
-        live.end()
+        with writing(args.live_dir):
+            live.end()
         save_torch(args.model, {
             "state_dict": progress.best["state_dict"], "model": p["model"], "classes": list(CLASSES),
             "params": p, "epoch": progress.best["epoch"], "val_acc": progress.best["val_acc"],

@@ -37,6 +37,9 @@ def test_the_committed_params_are_valid():
     ("train", "optimizer", "adam", "train.optimizer: got 'adam', expected one of sgd, adamw"),
     ("data", "val_size", 60000, "data.val_size: got 60000, expected an integer from 1 to 59999"),
     ("train", "augment", "yes", "train.augment: got 'yes', expected true or false"),
+    ("train", "momentum", 1.0, "train.momentum: got 1.0, expected a finite number >= 0 and < 1"),
+    ("train", "seed", 2**32, "train.seed: got 4294967296, expected an integer from 0 to 4294967295"),
+    ("data", "seed", -1, "data.seed: got -1, expected an integer from 0 to 4294967295"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(section, key, value, expected):
     found = problems(section, key, value)
@@ -63,4 +66,4 @@ def test_missing_keys_and_sections():
     found = check_params(params)
     assert any(p.startswith("train.lr: missing") for p in found)
     assert any(p.startswith("evaluate: section missing") for p in found)
-    assert check_params(["not", "a", "mapping"])[0].startswith("params.yaml must be a mapping")
+    assert check_params(["not", "a", "mapping"])[0].startswith("expected a mapping of sections")

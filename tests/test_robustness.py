@@ -45,6 +45,7 @@ def no_partial_files(repo) -> list[str]:
 
 # --- params -----------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_bad_params_stop_before_work_and_lose_nothing(repo):
     repo.dvc("repro")
     repo.commit("good run")
@@ -63,11 +64,13 @@ def test_bad_params_stop_before_work_and_lose_nothing(repo):
     assert repo.dvc("status", "--json").stdout.strip() == "{}"
 
 
+@pytest.mark.e2e
 def test_an_override_of_an_unknown_key_is_refused(repo):
     proc = repo.dvc("exp", "run", "-S", "train.epoch=3", check=False)
     assert proc.returncode != 0 and "train.epoch" in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_a_missing_device_is_a_clear_error(repo):
     set_params(repo.path, {"train": {"device": "cuda"}})
@@ -76,6 +79,7 @@ def test_a_missing_device_is_a_clear_error(repo):
     assert not (repo.path / "models/model.pt").exists()
 
 
+@pytest.mark.e2e
 def test_diverging_training_names_epoch_and_batch_and_writes_no_model(repo):
     set_params(repo.path, {"train": {"lr": 10.0, "label_smoothing": 0.0, "weight_decay": 0.0}})
     proc = repo.dvc("repro", check=False)
@@ -104,6 +108,7 @@ def _corrupt(folder: Path, name: str, data: bytes) -> None:
     ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (120).to_bytes(4, "big") + b"\x0b" * 120,
      "t10k-labels-idx1-ubyte: label 11 at position 0, expected 0-9"),
 ])
+@pytest.mark.e2e
 def test_bad_raw_files_are_named_and_nothing_is_written(repo, tiny_raw, name, data, message):
     _corrupt(tiny_raw, name, data)
     proc = repo.dvc("repro", check=False)
@@ -112,6 +117,7 @@ def test_bad_raw_files_are_named_and_nothing_is_written(repo, tiny_raw, name, da
     assert not list((repo.path / ".dvc").glob("cache/files/md5/*/*"))
 
 
+@pytest.mark.e2e
 def test_missing_file_and_missing_folder(repo, tiny_raw):
     (tiny_raw / "train-labels-idx1-ubyte.gz").unlink()
     assert_clean_failure(repo.dvc("repro", check=False), "train-labels-idx1-ubyte: missing")
@@ -119,6 +125,7 @@ def test_missing_file_and_missing_folder(repo, tiny_raw):
     assert_clean_failure(repo.dvc("repro", check=False), "nowhere: no such folder")
 
 
+@pytest.mark.e2e
 def test_plain_uncompressed_files_work_too(tmp_path):
     repo = make_repo(tmp_path / "repo", write_raw(tmp_path / "plain", gz=False))
     repo.dvc("repro", "download")
@@ -182,11 +189,12 @@ def slow_repo(tmp_path):
     return make_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=1600))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_killed_training_leaves_no_model_and_the_next_repro_completes(slow_repo, sig):
     set_params(slow_repo.path, SLOW)
     proc = _start(slow_repo)
-    _wait_for(slow_repo.path / "models/checkpoint.pt", proc)
+    _wait_for(slow_repo.path / "metrics/train.json", proc)  # written after the checkpoint
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
@@ -198,6 +206,7 @@ def test_killed_training_leaves_no_model_and_the_next_repro_completes(slow_repo,
     assert no_partial_files(slow_repo) == []
 
 
+@pytest.mark.e2e
 def test_resume_continues_and_ends_with_the_uninterrupted_weights(tmp_path):
     raw = write_raw(tmp_path / "raw", n_train=1600)
     straight = make_repo(tmp_path / "straight", raw, params={**SLOW, "data": {"val_size": 60}})
@@ -221,6 +230,7 @@ def test_resume_continues_and_ends_with_the_uninterrupted_weights(tmp_path):
         assert (resumed.path / path).read_text() == (straight.path / path).read_text(), path
 
 
+@pytest.mark.e2e
 def test_two_forced_runs_give_identical_model_and_metrics(repo):
     set_params(repo.path, {"train": {"device": "auto"}})
     out = repo.dvc("repro").stdout
