@@ -23,7 +23,7 @@ import argparse
 import hashlib
 import os
 import re
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from fmnist.data import CLASSES
-from fmnist.errors import DataError, ParamError, PeersLost, PipelineError, run
+from fmnist.errors import DataError, ParamError, PeersLost, PipelineError, Terminated, run
 from fmnist.files import load_params, load_split, load_torch, save_torch, write_json, writing
 from fmnist.params import size_problems
 from fmnist.training import (
@@ -69,11 +69,28 @@ def resume(path: Path, key: dict, net, optimizer, scheduler, steps: int) -> Prog
     return progress
 
 
-def relaunch_under_torchrun(nproc: int, max_restarts: int) -> int:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={max_restarts}", __file__, *sys.argv[1:]]
-    print(f"launching {nproc} processes: {' '.join(cmd[2:])}", flush=True)
-    return subprocess.call(cmd)
+def relaunch_under_torchrun(nproc: int, max_restarts: int) -> None:
+    """Run this script as `nproc` processes under torchrun's agent, restarting them all up
+    to `max_restarts` times when one fails.
+
+    The agent runs in this process (not a `torchrun` child), so Ctrl-C, SIGTERM and a
+    worker's failure end in this stage's one line rather than in torchrun's traceback.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    argv = ["--standalone", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}", __file__, *sys.argv[1:]]
+    print(f"launching {nproc} processes: torchrun {' '.join(argv)}", flush=True)
+    try:
+        torchrun(get_args_parser().parse_args(argv))
+    except SignalException as exc:  # the agent has stopped the workers by now
+        raise (KeyboardInterrupt() if exc.sigval == signal.SIGINT else Terminated()) from None
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        raise PipelineError(f"training process {rank} failed (exit code {failure.exitcode}) after "
+                            f"train.max_restarts = {max_restarts} restart(s); the first error above says why") from None
 
 
 def summary(progress: Progress) -> dict:
@@ -104,7 +121,7 @@ def main() -> None:
         raise ParamError(problems[0])
     if p["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         pick_device(p["device"])  # a missing device is reported once, not by N processes
-        sys.exit(relaunch_under_torchrun(p["nproc"], p["max_restarts"]))
+        return relaunch_under_torchrun(p["nproc"], p["max_restarts"])
 
     world, device = init_distributed(pick_device(p["device"]))
     dtype = pick_dtype(p["precision"], device)

@@ -59,6 +59,31 @@ def test_train_nproc_runs_the_stage_under_torchrun(tmp_path):
     assert metrics["test_acc"] > 0.3  # chance is 0.1
 
 
+@needs_proc
+@pytest.mark.e2e
+def test_sigterm_to_the_relaunching_stage_stops_every_process_in_one_line_each(tmp_path):
+    repo = make_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=600), params=KILL_PARAMS)
+    repo.dvc("repro", "prepare")
+    stage = subprocess.Popen([sys.executable, "stages/train.py", "data/prepared", *OUTPUTS], cwd=repo.path,
+                             env=repo.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 600
+        while not (repo.path / "models/checkpoint.pt").exists():
+            assert stage.poll() is None and time.monotonic() < deadline, stage.communicate()
+            time.sleep(0.05)
+        workers = workers_of([stage])
+        assert sorted(workers) == [0, 1]
+        stage.send_signal(signal.SIGTERM)  # the stage only, as a scheduler cancelling it
+        out, err = stage.communicate(timeout=120)
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+    assert stage.returncode == 143, (out, err)
+    assert "Traceback" not in err and err.strip().endswith("terminated (SIGTERM); outputs are written whole or not at all")
+    assert not (repo.path / "models/model.pt").exists()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers.values()), "a worker was left running"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
