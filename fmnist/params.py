@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from fmnist.errors import shown
 
-MODELS = ("cnn", "lenet")
+MODELS = ("cnn3", "cnn3_small", "cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -64,6 +64,9 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "weight_decay": _float(0, 1, lo_open=False),
         "label_smoothing": _float(0, 1, lo_open=False),
         "augment": _BOOL,
+        "shift": _int(0, 8),
+        "erase": _float(0, 1, lo_open=False),
+        "ema": _float(0, 0.9999, lo_open=False),
         "seed": _int(0, SEED_MAX),
         "device": _choice(DEVICES),
         "precision": _choice(PRECISIONS),

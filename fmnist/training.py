@@ -17,6 +17,7 @@ process and no per-image transform.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import os
@@ -270,6 +271,41 @@ def epoch_generators(seed: int, epoch: int, rank: int = 0) -> tuple[torch.Genera
     return torch.Generator().manual_seed(int(order_seed)), torch.Generator().manual_seed(int(aug_seed))
 
 
+class Ema:
+    """An exponential moving average of a net's weights and BatchNorm statistics.
+
+    `module` is a copy of the net that holds the average; it is what gets scored and
+    saved when `train.ema` is on. The decay warms up as min(decay, (1 + t) / (10 + t))
+    after t updates, so the random initial weights fade out fast. Its state (the
+    average and t) goes into the checkpoint, so a resumed run averages exactly as an
+    uninterrupted one.
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.module = copy.deepcopy(net).requires_grad_(False).eval()
+        # Tensors that share storage with the modules' own, so in-place updates reach them.
+        averaged, current = self.module.state_dict(), net.state_dict()
+        floats = [k for k, v in averaged.items() if v.is_floating_point()]
+        self._floats = [averaged[k] for k in floats], [current[k] for k in floats]
+        self._others = [(averaged[k], current[k]) for k in averaged if k not in floats]  # BatchNorm's counters
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(*self._floats, 1 - decay)
+        for averaged, current in self._others:
+            averaged.copy_(current)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "state_dict": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["state_dict"])
+        self.updates = int(state["updates"])
+
+
 def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int, world: Dist) -> None:
     bad = (~torch.isfinite(losses)).nonzero()
     first = torch.tensor([int(bad[0]) if len(bad) else n_batches], device=losses.device)
@@ -283,13 +319,15 @@ def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int, world: Dist)
 
 def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int, seed: int, epoch: int,
                 augment: bool, label_smoothing: float, device: torch.device, dtype: torch.dtype | None = None,
-                world: Dist = Dist(), progress: bool = True,
-                on_step: Callable[[int, int], None] | None = None) -> tuple[float, float]:
+                world: Dist = Dist(), progress: bool = True, shift: int = 0, erase: float = 0.0,
+                ema: Ema | None = None, on_step: Callable[[int, int], None] | None = None) -> tuple[float, float]:
     """One pass over `images` in this epoch's random order; returns (mean loss, accuracy).
 
     Under torchrun each rank trains on its own shard of the order, `batch_size` images
     a step (DDP averages the gradients); the returned figures cover all ranks.
-    Accuracy is measured on the augmented batches the model was trained on.
+    Accuracy is measured on the augmented batches the model was trained on: flipped
+    with `augment`, shifted and erased as `shift` and `erase` ask (fmnist.data.augment).
+    `ema` is updated after every step.
     `on_step(epoch, batches done)` is called every CHECK_EVERY batches and after the
     last one (the benchmark scores the test set there, off the clock).
     """
@@ -307,8 +345,8 @@ def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int,
     for b in bar:
         idx = order[b * batch_size:(b + 1) * batch_size]
         x, y = normalize(images[idx]), labels[idx]
-        if augment:
-            x = augment_batch(x, aug_gen)
+        if augment or shift or erase:
+            x = augment_batch(x, aug_gen, flip=augment, shift=shift, erase=erase)
         x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, dtype):
@@ -317,6 +355,8 @@ def train_epoch(model, optimizer, scheduler, images, labels, *, batch_size: int,
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update()
         losses[b] = loss.detach()
         correct += (logits.argmax(1) == y).sum()
         if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:  # a sync point: a GPU runs ahead in between
@@ -379,10 +419,12 @@ class ResumeError(ValueError):
 
 
 def build(p: dict, n_train: int, device: torch.device, world: Dist = Dist()):
-    """(net, model, optimizer, scheduler) for the params' train section and `n_train` images.
+    """(net, model, optimizer, scheduler, ema) for the params' train section and `n_train` images.
 
-    `net` is the plain module (evaluated and saved); `model` is what trains: `net` on
-    `device`, wrapped for DDP and compiled as asked. Seeded, so every rank starts alike.
+    `net` is the plain module; `model` is what trains: `net` on `device`, wrapped for
+    DDP and compiled as asked; `ema` averages `net`'s weights when `train.ema` > 0
+    (None otherwise), and is then what gets scored and saved. Seeded, so every rank
+    starts alike.
     """
     seed_everything(p["seed"])
     net = build_model(p["model"], len(CLASSES))
@@ -395,13 +437,14 @@ def build(p: dict, n_train: int, device: torch.device, world: Dist = Dist()):
     model = prepare_model(net, device, compile=p["compile"], world=world)
     total = p["epochs"] * steps_per_epoch(n_train, p["batch_size"], world.world)
     optimizer, scheduler = make_optimizer(p, net, total)
-    return net, model, optimizer, scheduler
+    ema = Ema(net, p["ema"]) if p["ema"] > 0 else None
+    return net, model, optimizer, scheduler, ema
 
 
 HISTORY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
 
-def checkpoint_state(progress: Progress, key: dict, net, optimizer, scheduler) -> dict:
+def checkpoint_state(progress: Progress, key: dict, net, optimizer, scheduler, ema: Ema | None = None) -> dict:
     """The full training state after `progress.epoch` epochs, as `restore` reads it back.
 
     `key` is what a run must match to resume from it (the train stage's params, process
@@ -409,10 +452,11 @@ def checkpoint_state(progress: Progress, key: dict, net, optimizer, scheduler) -
     """
     return {"epoch": progress.epoch, "key": key, "state_dict": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": progress.history, "best": progress.best}
+            "ema": None if ema is None else ema.state_dict(), "history": progress.history, "best": progress.best}
 
 
-def restore(checkpoint: object, key: dict, net, optimizer, scheduler, steps_per_epoch: int) -> Progress:
+def restore(checkpoint: object, key: dict, net, optimizer, scheduler, steps_per_epoch: int,
+            ema: Ema | None = None) -> Progress:
     """Load a checkpoint into a freshly built run and return its Progress.
 
     Raises ResumeError, whose message completes "the checkpoint ...", when it isn't one,
@@ -429,7 +473,7 @@ def restore(checkpoint: object, key: dict, net, optimizer, scheduler, steps_per_
     if not same:
         raise ResumeError("was made with other train params, process count or data")
     try:
-        return _restore(checkpoint, net, optimizer, scheduler, steps_per_epoch)
+        return _restore(checkpoint, net, optimizer, scheduler, steps_per_epoch, ema)
     except Exception as exc:  # noqa: BLE001 - a damaged checkpoint fails in many ways
         raise ResumeError(f"is damaged ({' '.join(str(exc).split())[:200] or type(exc).__name__})") from None
 
@@ -438,7 +482,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int) -> Progress:
+def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int, ema: Ema | None) -> Progress:
     epoch, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
         raise ValueError(f"epoch {epoch!r:.40}, expected a whole number >= 1")
@@ -452,11 +496,19 @@ def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int) 
     if not isinstance(best["epoch"], int) or not 1 <= best["epoch"] <= epoch \
             or best["val_acc"] != history[best["epoch"] - 1]["val/acc"]:
         raise ValueError(f"the best epoch {best['epoch']!r:.20} doesn't match the history")
-    for what, state in (("weights", checkpoint["state_dict"]), ("best weights", best["state_dict"])):
+    averaged = checkpoint["ema"]
+    if ema is None and averaged is not None or ema is not None and (
+            not isinstance(averaged, dict) or set(averaged) != {"updates", "state_dict"}
+            or averaged["updates"] != epoch * steps_per_epoch):
+        raise ValueError(f"the moving average of the weights is {averaged!r:.60}")
+    for what, state in (("weights", checkpoint["state_dict"]), ("best weights", best["state_dict"]),
+                        ("averaged weights", averaged["state_dict"] if ema is not None else net.state_dict())):
         problem = weights_problem(state, net)
         if problem:
             raise ValueError(f"{what}: {problem}")
     net.load_state_dict(checkpoint["state_dict"])
+    if ema is not None:
+        ema.load_state_dict(averaged)
 
     # The schedule is a function of the step: replay it to where the checkpoint says it
     # is, then the optimizer's settings and learning rate must be exactly this run's.
@@ -485,7 +537,8 @@ def _restore(checkpoint: dict, net, optimizer, scheduler, steps_per_epoch: int) 
     return Progress(epoch, history, best)
 
 
-def share_restored(progress: Progress | None, net, optimizer, scheduler, world: Dist) -> Progress | None:
+def share_restored(progress: Progress | None, net, optimizer, scheduler, world: Dist,
+                   ema: Ema | None = None) -> Progress | None:
     """Give every rank the run rank 0 restored, or its decision to start afresh (None).
 
     Only rank 0 reads the checkpoint: it is the one that writes it, and another
@@ -499,7 +552,8 @@ def share_restored(progress: Progress | None, net, optimizer, scheduler, world: 
     if world.main and progress is not None:
         buffer = io.BytesIO()  # serialised here, so each rank loads it onto its own device
         torch.save({"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": progress.epoch}, buffer)
+                    "scheduler": scheduler.state_dict(), "epoch": progress.epoch,
+                    "ema": None if ema is None else ema.state_dict()}, buffer)
         box = [buffer.getvalue()]
     dist.broadcast_object_list(box, src=0)
     if box[0] is None or world.main:
@@ -508,18 +562,22 @@ def share_restored(progress: Progress | None, net, optimizer, scheduler, world: 
     net.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     return Progress(epoch=state["epoch"])
 
 
 def fit(p: dict, net, model, optimizer, scheduler, train: tuple, val: tuple, *, device: torch.device,
         dtype: torch.dtype | None = None, world: Dist = Dist(), progress: Progress | None = None,
         on_epoch: Callable[[Progress, float], None] | None = None,
-        on_step: Callable[[int, int], None] | None = None, show_progress: bool = True) -> Progress:
+        on_step: Callable[[int, int], None] | None = None, show_progress: bool = True,
+        ema: Ema | None = None) -> Progress:
     """Train from `progress` (a fresh run, or a restored one) to `p["epochs"]`; keep the best epoch.
 
     After each epoch rank 0 scores the validation set and calls `on_epoch(progress,
     seconds)` (the train stage logs and checkpoints there); `on_step` is passed on to
-    `train_epoch`. Returns the final Progress, with the best epoch's weights (rank 0).
+    `train_epoch`. With `ema`, the averaged weights are scored and kept instead of
+    `net`'s. Returns the final Progress, with the best epoch's weights (rank 0).
     """
     progress = progress or Progress()
     per_rank = per_rank_batch(p["batch_size"], world.world)
@@ -528,16 +586,17 @@ def fit(p: dict, net, model, optimizer, scheduler, train: tuple, val: tuple, *, 
         train_loss, train_acc = train_epoch(
             model, optimizer, scheduler, *train, batch_size=per_rank, seed=p["seed"], epoch=epoch,
             augment=p["augment"], label_smoothing=p["label_smoothing"], device=device, dtype=dtype, world=world,
-            progress=show_progress, on_step=on_step)
+            progress=show_progress, shift=p["shift"], erase=p["erase"], ema=ema, on_step=on_step)
         progress.epoch = epoch
         if not world.main:
             continue  # the other ranks go straight on; the next step's all-reduce waits for rank 0
         # Rank 0 scores the whole validation set with the plain module (no DDP collectives).
-        scored = evaluate(net, *val, device=device, batch_size=1000, dtype=dtype)
+        kept = ema.module if ema is not None else net
+        scored = evaluate(kept, *val, device=device, batch_size=1000, dtype=dtype)
         progress.history.append({"train/loss": train_loss, "train/acc": train_acc,
                                  "val/loss": scored.loss, "val/acc": scored.accuracy})
         if scored.accuracy > progress.best["val_acc"]:
-            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
             progress.best = {"val_acc": scored.accuracy, "epoch": epoch, "state_dict": state}
         if on_epoch is not None:
             on_epoch(progress, time.perf_counter() - t0)

@@ -52,13 +52,13 @@ def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor, world: int) -> 
             "data_sha256": digest}
 
 
-def resume(path: Path, key: dict, net, optimizer, scheduler, steps: int) -> Progress | None:
+def resume(path: Path, key: dict, net, optimizer, scheduler, steps: int, ema) -> Progress | None:
     """The Progress of a checkpoint that matches this run, loaded into it; None (say why) otherwise."""
     if not path.exists():
         print(f"train.resume: no checkpoint at {path}; starting afresh")
         return None
     try:
-        progress = restore(load_torch(path, "starting afresh"), key, net, optimizer, scheduler, steps)
+        progress = restore(load_torch(path, "starting afresh"), key, net, optimizer, scheduler, steps, ema)
     except DataError as exc:
         print(f"train.resume: {exc}")
         return None
@@ -133,17 +133,17 @@ def main() -> None:
     train = to_device(train_x, device), to_device(train_y, device)  # moved once, for the whole run
     val = to_device(val_x, device), to_device(val_y, device)
 
-    net, model, optimizer, scheduler = build(p, len(train_y), device, world)
+    net, model, optimizer, scheduler, ema = build(p, len(train_y), device, world)
     progress = None
     if p["resume"] or world.restart:  # torchrun restarted the workers after one failed
         if world.main:
             if world.restart:
                 print(f"torchrun restarted the workers (restart {world.restart}); resuming from the last checkpoint")
             progress = resume(args.checkpoint, key, net, optimizer, scheduler,
-                              steps_per_epoch(len(train_y), p["batch_size"], world.world))
-        progress = share_restored(progress, net, optimizer, scheduler, world)
+                              steps_per_epoch(len(train_y), p["batch_size"], world.world), ema)
+        progress = share_restored(progress, net, optimizer, scheduler, world, ema)
         if progress is None:  # a failed restore may have loaded part of the state
-            net, model, optimizer, scheduler = build(p, len(train_y), device, world)
+            net, model, optimizer, scheduler, ema = build(p, len(train_y), device, world)
 
     live = None
     if world.main:
@@ -159,7 +159,7 @@ def main() -> None:
     def on_epoch(progress: Progress, seconds: float) -> None:
         row = progress.history[-1]
         # The checkpoint first: when it can't be written, the summary still tells the truth.
-        save_torch(args.checkpoint, checkpoint_state(progress, key, net, optimizer, scheduler))
+        save_torch(args.checkpoint, checkpoint_state(progress, key, net, optimizer, scheduler, ema))
         write_json(args.summary, summary(progress))
         with writing(args.live_dir):
             log_row(live, row)
@@ -168,7 +168,7 @@ def main() -> None:
 
     try:
         progress = fit(p, net, model, optimizer, scheduler, train, val, device=device, dtype=dtype, world=world,
-                       progress=progress, on_epoch=on_epoch)
+                       progress=progress, on_epoch=on_epoch, ema=ema)
     except RuntimeError as exc:
         # A peer that died shows here as a Gloo or NCCL transport error, not as a bug.
         if world.world == 1 or isinstance(exc, PipelineError) or not (

@@ -244,12 +244,13 @@ def steps(p: dict = P) -> int:
 
 def _genuine(p: dict):
     train, val = tiny_data()
-    net, model, optimizer, scheduler = fresh(p)
-    progress = fit({**p, "epochs": 1}, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False)
-    saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, net, optimizer, scheduler))),
+    net, model, optimizer, scheduler, ema = fresh(p)
+    progress = fit({**p, "epochs": 1}, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False,
+                   ema=ema)
+    saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, net, optimizer, scheduler, ema))),
                        weights_only=True)
-    net, model, optimizer, scheduler = fresh(p)
-    straight = fit(p, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False)
+    net, model, optimizer, scheduler, ema = fresh(p)
+    straight = fit(p, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False, ema=ema)
     return saved, net.state_dict(), straight
 
 
@@ -268,10 +269,10 @@ def genuine_adamw():
 def resume_and_finish(checkpoint, p: dict = P):
     """restore() into a fresh run, then train it to the end, as the train stage does."""
     train, val = tiny_data()
-    net, model, optimizer, scheduler = fresh(p)
-    progress = restore(checkpoint, KEY, net, optimizer, scheduler, steps(p))
+    net, model, optimizer, scheduler, ema = fresh(p)
+    progress = restore(checkpoint, KEY, net, optimizer, scheduler, steps(p), ema)
     progress = fit(p, net, model, optimizer, scheduler, train, val, device=CPU, progress=progress,
-                   show_progress=False)
+                   show_progress=False, ema=ema)
     return net, progress
 
 
@@ -323,6 +324,10 @@ DAMAGED_CHECKPOINTS = {
     "schedule at another step": (_set("scheduler", "last_epoch", 7), "the schedule isn't where"),
     "schedule counter a string": (_set("scheduler", "_step_count", "x"), "the schedule isn't where"),
     "schedule a list": (_set("scheduler", [1]), "the schedule isn't where"),
+    "moving average missing": (_set("ema", None), "the moving average of the weights is None"),
+    "moving average at another step": (_set("ema", "updates", 1), "the moving average of the weights is"),
+    "averaged weights of the wrong shape": (_set("ema", "state_dict", "0.weight", torch.zeros(2)),
+                                            "averaged weights: weight 0.weight is"),
 }
 
 

@@ -121,11 +121,11 @@ def test_every_size_the_params_allow_trains(group, sizes, rank, model, optimizer
     p = train_params(epochs=epochs, batch_size=batch_size, nproc=nproc, model=model, optimizer=optimizer)
     world = Dist(rank % nproc, nproc)
 
-    net, model_, optimizer_, scheduler = build(p, len(train[1]), CPU, world)
+    net, model_, optimizer_, scheduler, ema = build(p, len(train[1]), CPU, world)
     steps = []
     optimizer_.register_step_post_hook(lambda *_: steps.append(scheduler.last_epoch))
     progress = fit(p, net, model_, optimizer_, scheduler, train, val, device=CPU, world=world,
-                   show_progress=False)
+                   show_progress=False, ema=ema)
 
     total = epochs * steps_per_epoch(len(train[1]), batch_size, nproc)
     assert len(steps) == total == scheduler.last_epoch  # every step of the schedule, no more
@@ -142,7 +142,7 @@ def test_a_single_step_and_a_last_batch_of_one_image_train():
     y = y.long()
     for batch_size, expected in ((64, 1), (32, 2), (1, 33)):  # 33 = 32 + 1: a last batch of one image
         p = train_params(epochs=1, batch_size=batch_size)
-        net, model, optimizer, scheduler = build(p, 33, CPU)
+        net, model, optimizer, scheduler, _ = build(p, 33, CPU)
         loss, acc = train_epoch(model, optimizer, scheduler, x, y, batch_size=batch_size, seed=0, epoch=1,
                                 augment=True, label_smoothing=0.1, device=CPU, progress=False)
         assert scheduler.last_epoch == expected == steps_per_epoch(33, batch_size)

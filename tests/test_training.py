@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from conftest import synthetic
 from fmnist.errors import ParamError, TrainingDiverged
 from fmnist.model import ARCHITECTURES, build_model
-from fmnist.training import evaluate, pick_device, pick_dtype, prepare_model, seed_everything, train_epoch
+from fmnist.training import (
+    Ema, build, checkpoint_state, evaluate, fit as fit_run, pick_device, pick_dtype, prepare_model, restore,
+    seed_everything, steps_per_epoch, train_epoch,
+)
 
 CPU = torch.device("cpu")
+TRAIN = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
 
 
 def tiny(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,3 +122,44 @@ def test_cuda_path_trains_with_data_on_the_device():
         assert pick_dtype("auto", dev) == torch.bfloat16
     result = evaluate(net, x.cpu(), y.cpu(), device=dev, batch_size=64, tta=True, dtype=torch.bfloat16)
     assert result.probs.shape == (len(y), 10) and 0 <= result.accuracy <= 1
+
+
+def test_ema_follows_the_weights_and_starts_fast():
+    seed_everything(0)
+    net = build_model("cnn")
+    ema = Ema(net, decay=0.9)
+    first = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema.update()  # warm-up: decay min(0.9, 2/11)
+    assert torch.allclose(ema.module[0].weight, first + 9 / 11)
+    for _ in range(300):
+        ema.update()
+    assert torch.allclose(ema.module[0].weight, net[0].weight)
+    assert not ema.module[0].weight.requires_grad
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
+    p = {**TRAIN, "epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu", "ema": ema, "shift": 1, "erase": 0.3}
+    train, val = tiny(160), tiny(40, seed=3)
+    saved = {}
+
+    def run(checkpoint=None):
+        net, model, optimizer, scheduler, avg = build(p, len(train[1]), CPU)
+        steps = steps_per_epoch(len(train[1]), p["batch_size"])
+        progress = restore(checkpoint, "key", net, optimizer, scheduler, steps, avg) if checkpoint else None
+
+        def on_epoch(progress, seconds):  # what the train stage's checkpoint holds
+            if progress.epoch == 2 and checkpoint is None:
+                saved.update(copy.deepcopy(checkpoint_state(progress, "key", net, optimizer, scheduler, avg)))
+
+        return fit_run(p, net, model, optimizer, scheduler, train, val, device=CPU, progress=progress,
+                       show_progress=False, ema=avg, on_epoch=on_epoch)
+
+    straight = run()
+    resumed = run(checkpoint=saved)
+    assert resumed.epoch == 3 and resumed.history == straight.history
+    assert resumed.best["epoch"] == straight.best["epoch"]
+    for key, value in straight.best["state_dict"].items():
+        assert torch.equal(value, resumed.best["state_dict"][key]), key
