@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -58,16 +64,44 @@ def test_repro_then_nothing_to_do_then_an_experiment(repo):
     assert "test_acc" in data["metrics"]["metrics/eval.json"]["data"]
     assert data["metrics"]["metrics/train.json"]["data"]["epoch"] == 1
 
-    # The tables users read: test accuracy is the first metric column of `dvc exp show`
-    # in a 120-column terminal, and `dvc metrics show` fits in 160 columns, whole.
-    repo.env["COLUMNS"] = "120"
-    header = repo.dvc("exp", "show", "--no-pager").stdout.splitlines()[1].split()
-    assert header[:3] == ["Experiment", "Created", "test_acc"], header
-    repo.env["COLUMNS"] = "160"
-    table = repo.dvc("metrics", "show").stdout.splitlines()
-    assert max(len(line) for line in table) <= 160, table
+    # The tables users read, as a terminal shows them (DVC fits its table to the
+    # terminal's width, folding what doesn't fit into '…'): test accuracy is the first
+    # metric column of `dvc exp show` at 120 columns, with a value on every row, and
+    # `dvc metrics show` fits in 160 columns, whole.
+    lines = in_terminal(repo, 120, "exp", "show", "--no-pager")
+    header = next(line for line in lines if "Experiment" in line)
+    assert header.split()[:3] == ["Experiment", "Created", "test_acc"], lines
+    column = header.index("test_acc")
+    rows = [line for line in lines[lines.index(header) + 1:] if set(line.strip()) != {"─"}]
+    assert len(rows) == 3 and max(len(line) for line in lines) <= 120, lines  # workspace, branch, experiment
+    assert all(0 <= float(row[column:column + len("test_acc")]) <= 1 for row in rows), lines
+    table = in_terminal(repo, 160, "metrics", "show")
+    assert max(len(line) for line in table) <= 160 and "…" not in "".join(table), table
     assert table[0].split() == ["Path", "best_epoch", "best_val_acc", "epoch", "test_acc", "test_f1_macro",
                                 "test_loss"], table
+
+
+def in_terminal(repo, columns: int, *args: str) -> list[str]:
+    """`dvc *args`'s output lines as a terminal `columns` wide shows them (a pseudo-terminal)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in repo.env.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo.path,
+                            env={**env, "TERM": "xterm"}, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0, out
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())  # colours and cursor codes
+    return [line for line in text.replace("\r", "").splitlines() if line.strip()]
 
 
 def _imports(path: Path, root: Path) -> set[str]:
