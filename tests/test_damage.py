@@ -512,6 +512,7 @@ def pipeline(built):
         target.write_bytes(data)
 
 
+DEFAULT_MODEL = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["model"]  # what the stages train
 STAGE_DAMAGE = [
     # (file, damage, stage that reads it, message)
     ("data/raw/train-images-idx3-ubyte", "truncated", "prepare", "truncated: the header announces"),
@@ -521,7 +522,7 @@ STAGE_DAMAGE = [
     ("data/prepared/val.pt", "no images", "train", "no validation images"),
     ("models/model.pt", "truncated", "evaluate", "not a readable torch file, truncated or damaged"),
     ("models/model.pt", "a checkpoint", "evaluate", "this is a training checkpoint, not a model file"),
-    ("models/model.pt", "wrong shapes", "evaluate", "not the weights of a cnn net: weight 0.weight is"),
+    ("models/model.pt", "wrong shapes", "evaluate", f"not the weights of a {DEFAULT_MODEL} net: weight 0.weight is"),
     ("params.yaml", "binary garbage", "evaluate", "cannot be read as text"),
     ("params.yaml", "a YAML list", "train", "expected a mapping of sections"),
     ("params.yaml", "nproc beyond the batch", "train", "train.batch_size: got 32, but each of the train.nproc 64"),

@@ -271,8 +271,8 @@ def test_the_onnx_export_matches_pytorch_on_the_test_split_and_is_reproducible(t
 
     test = torch.load(repo.path / "data/prepared/test.pt", weights_only=True)
     pixels = test["images"].unsqueeze(1)
-    net = build_model("cnn")
     model = torch.load(repo.path / "models/model.pt", weights_only=True)
+    net = build_model(model["model"])
     assert meta["source_md5"] == hashlib.md5((repo.path / "models/model.pt").read_bytes()).hexdigest()
     net.load_state_dict(model["state_dict"])
     with torch.no_grad():

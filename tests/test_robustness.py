@@ -171,9 +171,16 @@ def test_download_checks_md5_and_falls_back_to_the_next_mirror(mirror, tiny_raw,
 SLOW = {"train": {"epochs": 6, "batch_size": 16}}
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: give `dvc repro` (and so the stage) Ctrl-C as a terminal has it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(repo) -> subprocess.Popen:
     return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.path, env=repo.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -198,8 +205,8 @@ def test_killed_training_leaves_no_model_and_the_next_repro_completes(slow_repo,
     proc = _start(slow_repo)
     _wait_for(slow_repo.path / "metrics/train.json", proc)  # written after the checkpoint
     os.killpg(proc.pid, sig)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0, output
     assert not (slow_repo.path / "models/model.pt").exists()
     # Per-epoch logs show the epochs the killed run did; they are whole files.
     assert json.loads((slow_repo.path / "metrics/train.json").read_text())["epoch"] < 6
