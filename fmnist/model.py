@@ -1,6 +1,6 @@
 """Classifiers for 1x28x28 images, chosen by name with `train.model` in params.yaml.
 
-    model = build_model("cnn3")   # logits of shape (N, 10) for input (N, 1, 28, 28)
+    model = build_model("cnn3v2")   # logits of shape (N, 10) for input (N, 1, 28, 28)
 """
 
 from __future__ import annotations
@@ -50,13 +50,25 @@ def _cnn3(widths: tuple[int, int, int], num_classes: int) -> nn.Sequential:
 
 
 def cnn3(num_classes: int = 10) -> nn.Sequential:
-    """The default: three 3x3 conv-pool-BN-ReLU blocks (20, 48, 96 channels) and a small MLP head.
+    """Three 3x3 conv-pool-BN-ReLU blocks (20, 48, 96 channels) and a small MLP head.
 
-    About 4.0M multiply-adds per image (cnn: 3.0M); pooling before BatchNorm keeps a
-    training step on a CPU nearly as cheap as cnn's: two cores train an epoch of 55,000
-    images in about 8 s.
+    The previous default, kept so that its models still load. About 4.0M multiply-adds
+    per image (cnn: 3.0M).
     """
     return _cnn3((20, 48, 96), num_classes)
+
+
+def cnn3v2(num_classes: int = 10) -> nn.Sequential:
+    """The default: cnn3 with 16, 48 and 128 channels.
+
+    On a CPU a step costs about two thirds of cnn3's (bf16 on two cores: about 30 ms for
+    256 images against 45), and it scores a little better (94.1% against 94.0% in 15
+    epochs, three seeds): oneDNN's convolution and pooling kernels are much faster when
+    the channel count is a multiple of 16, and the 28x28 and 14x14 maps of the first
+    block are the bulk of the work, so the first block narrows to 16 channels and the
+    cheap last one (3x3 maps) widens to 128.
+    """
+    return _cnn3((16, 48, 128), num_classes)
 
 
 def cnn3_small(num_classes: int = 10) -> nn.Sequential:
@@ -77,7 +89,7 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
     )
 
 
-ARCHITECTURES = {"cnn3": cnn3, "cnn3_small": cnn3_small, "cnn": cnn, "lenet": lenet}
+ARCHITECTURES = {"cnn3v2": cnn3v2, "cnn3": cnn3, "cnn3_small": cnn3_small, "cnn": cnn, "lenet": lenet}
 
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:

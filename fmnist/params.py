@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from fmnist.errors import shown
 
-MODELS = ("cnn3", "cnn3_small", "cnn", "lenet")
+MODELS = ("cnn3v2", "cnn3", "cnn3_small", "cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
