@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fmnist.errors import shown
+from fmnist.model import ARCHITECTURES
 
-MODELS = ("cnn3v2", "cnn3", "cnn3_small", "cnn", "lenet")
+MODELS = tuple(ARCHITECTURES)  # train.model names one of the nets fmnist.model builds
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -105,8 +105,8 @@ def run_sizes(draw):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(sizes=run_sizes(), rank=st.integers(0, 3), model=st.sampled_from(["lenet", "cnn", "cnn3v2", "cnn3_small"]),
-       optimizer=st.sampled_from(["sgd", "adamw"]))
+@given(sizes=run_sizes(), rank=st.integers(0, 3),
+       model=st.sampled_from(["lenet", "cnn", "cnn3v2", "cnn3_small"]), optimizer=st.sampled_from(["sgd", "adamw"]))
 def test_every_size_the_params_allow_trains(group, sizes, rank, model, optimizer):
     images, val_size, batch_size, epochs, nproc = sizes
     problems = size_problems(images, val_size, batch_size, nproc)
