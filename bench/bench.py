@@ -40,10 +40,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from fmnist.data import RAW_FILES, split_train_val
-from fmnist.files import read_raw_split
+from fmnist.classifier import Classifier, score
+from fmnist.device import pick_device, pick_dtype
 from fmnist.model import build_model
-from fmnist.training import CHECK_EVERY, build, evaluate, fit, pick_device, pick_dtype
+from fmnist.raw import RAW_FILES, read_raw_split
+from fmnist.splits import split_train_val
+from fmnist.training import CHECK_EVERY, Settings, build, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.89
@@ -171,27 +173,27 @@ def time_to_target(raw: Path, params: dict) -> dict:
     images, labels = data["train"]
     train = images[train_idx].to(device), labels[train_idx].to(device)
     val = images[val_idx].to(device), labels[val_idx].to(device)
-    state = {"start": time.perf_counter(), "paused": 0.0, "steps": 0, "reached": None}
+    clock = {"start": time.perf_counter(), "paused": 0.0, "steps": 0, "reached": None}
 
-    def score(epoch: int, step: int) -> None:  # off the clock
+    def test_score(epoch: int, step: int) -> None:  # off the clock
         t = time.perf_counter()
-        elapsed = t - state["start"] - state["paused"]
-        state["steps"] += step % CHECK_EVERY or CHECK_EVERY
-        result = evaluate(ema.module if ema is not None else net, *data["test"], device=device,
-                          batch_size=params["evaluate"]["batch_size"], tta=params["evaluate"]["tta"], dtype=dtype)
-        state["paused"] += time.perf_counter() - t
+        elapsed = t - clock["start"] - clock["paused"]
+        clock["steps"] += step % CHECK_EVERY or CHECK_EVERY
+        kept = state.ema.module if state.ema is not None else state.net
+        result = score(Classifier(kept, mirror=params["evaluate"]["tta"]), *data["test"], device=device,
+                       batch_size=params["evaluate"]["batch_size"], dtype=dtype)
+        clock["paused"] += time.perf_counter() - t
         if result.accuracy >= TARGET:
-            state["reached"] = elapsed
+            clock["reached"] = elapsed
             raise _Reached
 
-    net, model, optimizer, scheduler, ema = build(p, len(train[1]), device)
+    state = build(p, len(train[1]), device)
     try:
-        fit(p, net, model, optimizer, scheduler, train, val, device=device, dtype=dtype, on_step=score,
-            show_progress=False, ema=ema)
+        fit(state, train, val, Settings.from_params(p, device, dtype, progress_bar=False), on_step=test_score)
     except _Reached:
         pass
-    seconds = time.perf_counter() - state["start"] - state["paused"]
-    return {"seconds_to_target": state["reached"], "images_per_second": state["steps"] * p["batch_size"] / seconds}
+    seconds = time.perf_counter() - clock["start"] - clock["paused"]
+    return {"seconds_to_target": clock["reached"], "images_per_second": clock["steps"] * p["batch_size"] / seconds}
 
 
 def one(args) -> None:

@@ -1,6 +1,6 @@
-"""Shared code of the Fashion-MNIST pipeline: data, model, training, metrics, params.
+"""The Fashion-MNIST pipeline's package: one module per concept (docs/architecture.md maps them).
 
 The stage scripts in `stages/`, `scripts/compare.py`, `bench/bench.py` and the
-command-line tools call these functions. Only `fmnist.files` reads or writes files;
-everything else takes and returns plain values, arrays and tensors.
+`fmnist-predict` command import from here; each stage imports only the modules its
+work needs, and dvc.yaml lists them as the stage's deps.
 """

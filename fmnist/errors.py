@@ -49,6 +49,18 @@ def shown(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def reason(exc: BaseException) -> str:
+    """What went wrong, in an OSError's own words (its strerror) where it has them."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, on one line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
 class Terminated(BaseException):
     """SIGTERM arrived; raised like KeyboardInterrupt so the same clean-up runs."""
 

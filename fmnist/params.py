@@ -1,6 +1,7 @@
-"""Check params.yaml before any work starts.
+"""params.yaml, the one source of settings: read it and check every key before any work starts.
 
-    errors = check_params(yaml.safe_load(open("params.yaml")))
+    params = load_params()            # the whole file, checked; ParamError lists every problem
+    errors = check_params(mapping)    # the same checks on a mapping, one message per problem
 
 Every key the pipeline knows is listed in SCHEMA with its type and allowed range; an
 unknown key is an error too (with the closest known key suggested), so a typo can't
@@ -13,16 +14,23 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-from fmnist.errors import shown
-from fmnist.model import ARCHITECTURES
+import yaml
 
-MODELS = tuple(ARCHITECTURES)  # train.model names one of the nets fmnist.model builds
+from fmnist.dataset import OFFICIAL_COUNTS
+from fmnist.errors import ParamError, one_line, reason, shown
+
+PARAMS_FILE = "params.yaml"
+# train.model names one of the nets of fmnist.model (its ARCHITECTURES; a test keeps the
+# two lists equal). Named here rather than imported, so that editing a net's definition
+# doesn't make the stages that only read params (prepare) rerun.
+MODELS = ("cnn3v2", "cnn3", "cnn3_small", "cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-TRAIN_IMAGES = 60_000  # size of the training file the validation set is cut from
+TRAIN_IMAGES = OFFICIAL_COUNTS["train"]  # size of the training file the validation set is cut from
 SEED_MAX = 2**32 - 1  # numpy's global seed (seeded from train.seed) takes no more
 
 
@@ -162,3 +170,25 @@ def check_params(params: Any) -> list[str]:
         errors = size_problems(TRAIN_IMAGES, params["data"]["val_size"], params["train"]["batch_size"],
                                params["train"]["nproc"])
     return errors
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    """Read and check the whole params file; raise ParamError listing every problem."""
+    try:
+        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: file not found; run from the repository's top folder") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamError(f"{path}: cannot be read as text ({reason(exc)}); restore it with "
+                         f"`git checkout {path}`") from None
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ParamError(f"{path}: not valid YAML: {one_line(exc)}; fix it or restore it with "
+                         f"`git checkout {path}`") from None
+    if params is None:
+        raise ParamError(f"{path}: the file is empty; restore it with `git checkout {path}`")
+    errors = check_params(params)
+    if len(errors) == 1:
+        raise ParamError(f"{path}: {errors[0]}")
+    if errors:  # one line each
+        raise ParamError(f"{path} has {len(errors)} problems:\n  " + "\n  ".join(errors))
+    return params

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 
+from fmnist.classifier import Classifier, probabilities, top_k
 from fmnist.errors import DataError, run
-from fmnist.files import (
-    MODEL_FILE, MODEL_HINT, first_commit_recording, md5_hex, model_from_bytes, read_bytes, read_model_bytes_at,
-    read_picture,
-)
 from fmnist.images import decode, to_fashion_mnist
-from fmnist.serving import Classifier, top_k
+from fmnist.io import md5_hex, read_bytes
+from fmnist.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes
+from fmnist.provenance import first_commit_recording, read_model_bytes_at
 
 BATCH = 256  # pictures per forward pass
 
@@ -82,22 +81,9 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
         meaning = ("the oldest commit whose dvc.lock records this file: the code, params and data that made it"
                    if commit else "not committed yet: no commit of a git repository around it has a dvc.lock "
                    "that records this file's md5")
-    net, card = model_from_bytes(data, name, hint)
-    return net, card, {"model": name, "md5": md5_hex(data), "bytes": len(data), "commit": commit,
+    net, record = model_from_bytes(data, name, hint)
+    return net, record, {"model": name, "md5": md5_hex(data), "bytes": len(data), "commit": commit,
                        "commit_means": meaning}
-
-
-def card_of(card: dict, where: dict) -> dict:
-    """The model card: what the model file holds, and where it came from."""
-    return {
-        **where,
-        "architecture": card["model"],
-        "classes": list(card["classes"]),
-        "best_epoch": card.get("epoch"),
-        "val_acc": card.get("val_acc"),
-        "data_sha256": card.get("data_sha256"),
-        "params": card.get("params"),
-    }
 
 
 def print_card(info: dict) -> None:
@@ -124,18 +110,12 @@ def read_pictures(files: list[Path]) -> tuple[list[Path], list[torch.Tensor], in
     good, pixels, failed = [], [], 0
     for path in files:
         try:
-            pixels.append(to_fashion_mnist(decode(read_picture(path), str(path))))
+            pixels.append(to_fashion_mnist(decode(read_bytes(path, "expected a PNG, JPEG or WebP picture"), str(path))))
             good.append(path)
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             failed += 1
     return good, pixels, failed
-
-
-@torch.no_grad()
-def classify(classifier: Classifier, pixels: list[torch.Tensor]) -> torch.Tensor:
-    batches = [classifier(torch.stack(pixels[i:i + BATCH]).unsqueeze(1)) for i in range(0, len(pixels), BATCH)]
-    return torch.cat(batches) if batches else torch.zeros(0, 10)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -150,17 +130,18 @@ def print_table(rows: list[dict]) -> None:
 def cli(argv: list[str] | None = None) -> int:
     """The command with its arguments (sys.argv's by default); returns the exit code."""
     args = parse_args(argv)
-    net, card, where = load(args)
+    net, record, where = load(args)
     if args.info:
-        info = card_of(card, where)
+        info = {**where, **card(record)}
         if args.json:
             print(json.dumps(info, indent=2))
         else:
             print_card(info)
         return 0
-    classes = list(card["classes"])
+    classes = list(record["classes"])
     good, pixels, failed = read_pictures(args.files)
-    probs = classify(Classifier(net, mirror=args.tta), pixels)
+    images = torch.stack(pixels) if pixels else torch.zeros(0, 28, 28, dtype=torch.uint8)
+    probs = probabilities(Classifier(net, mirror=args.tta), images, device=torch.device("cpu"), batch_size=BATCH)
     rows = []
     for path, p in zip(good, probs):
         top = [{"class": c, "probability": round(v, 6)} for c, v in top_k(p, classes, args.top)]

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
 
-from fmnist.data import CLASSES
+from fmnist.dataset import CLASSES
 
 # The headline metrics of metrics/eval.json, in the order the report lists them.
 METRICS = {"test_acc": "test accuracy", "test_loss": "test loss", "test_f1_macro": "macro F1"}

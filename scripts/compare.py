@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from fmnist.errors import PipelineError, run
-from fmnist.files import load_params, save_figure, write_text
+from fmnist.io import save_figure, write_text
+from fmnist.params import load_params
+from fmnist.provenance import git, git_commit
 from fmnist.report import (
     CURVES, confusion_figure, confusion_matrix, curves_figure, metrics_table, per_class_f1_table,
     render_markdown, verdict,
@@ -45,25 +46,6 @@ PLOTS = "metrics/train/plots/metrics"  # DVCLive: <PLOTS>/<split>/<metric>.tsv
 PICTURES = {"curves.png": "training curves", "confusion.png": "both confusion matrices"}
 # The name of the workflow's artifact that holds reports/ (.github/workflows/pull-request.yml).
 ARTIFACT = "compare-report"
-
-
-def git(*args: str) -> str:
-    proc = subprocess.run(["git", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PipelineError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
-def resolve(rev: str) -> str:
-    """The full commit sha `rev` names, or a PipelineError saying how to get it."""
-    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PipelineError(
-            f"base revision '{rev}' is not a commit of this git repository; name an existing branch, tag "
-            f"or commit, or fetch it first (git fetch origin; a CI checkout needs the full history, "
-            f"fetch-depth: 0)")
-    return proc.stdout.strip()
 
 
 def label(rev: str, sha: str) -> str:
@@ -118,7 +100,8 @@ def main() -> None:
     if not Path("dvc.yaml").is_file():
         raise PipelineError("dvc.yaml not found; run from the repository's top folder")
 
-    sha = resolve(args.base)
+    sha = git_commit(args.base, hint="name an existing branch, tag or commit, or fetch it first: git fetch origin; "
+                                     "a CI checkout needs the full history, fetch-depth: 0")
     max_drop = load_params()["compare"]["max_accuracy_drop"]  # the head's threshold
 
     # Imported late: a bad --base or params.yaml is reported without waiting for DVC.

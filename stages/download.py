@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from fmnist.errors import run
-from fmnist.files import RAW_ENV, fetch_raw, write_folder
+from fmnist.io import write_folder
+from fmnist.raw import RAW_ENV, fetch_raw
 
 
 def main() -> None:

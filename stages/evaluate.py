@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmnist.errors import DataError, run
-from fmnist.files import figure_bytes, load_model, load_params, load_split, save_csv, write_bytes, write_json
+from fmnist.classifier import Classifier, score
+from fmnist.device import pick_device, pick_dtype, to_device_layout
+from fmnist.errors import run
+from fmnist.io import figure_bytes, save_csv, write_bytes, write_json
 from fmnist.metrics import confusion_rows, misclassified_grid, per_class_table, summarize
-from fmnist.training import evaluate, pick_device, pick_dtype, prepare_model
+from fmnist.model_file import load_model
+from fmnist.params import load_params
+from fmnist.splits import load_nonempty_split
 
 
 def main() -> None:
@@ -28,14 +32,12 @@ def main() -> None:
     params = load_params()
     p = params["evaluate"]
 
-    images, labels = load_split(args.prepared / "test.pt")
-    if len(labels) == 0:
-        raise DataError(f"{args.prepared / 'test.pt'}: holds no images; re-create it with `dvc repro --force prepare`")
-    net, card = load_model(args.model)
+    images, labels = load_nonempty_split(args.prepared / "test.pt")
+    net, record = load_model(args.model)
     device = pick_device(params["train"]["device"])
     dtype = pick_dtype(params["train"]["precision"], device)
-    result = evaluate(prepare_model(net, device), images, labels, device=device, batch_size=p["batch_size"],
-                      tta=p["tta"], dtype=dtype)
+    classifier = Classifier(to_device_layout(net, device), mirror=p["tta"])
+    result = score(classifier, images, labels, device=device, batch_size=p["batch_size"], dtype=dtype)
     labels, probs = labels.numpy(), result.probs.numpy()
     preds = probs.argmax(1)
     summary = summarize(labels, probs, result.loss)
@@ -48,7 +50,7 @@ def main() -> None:
     save_csv(args.confusion, confusion)
     write_bytes(args.grid, grid)
     print(f"test accuracy {summary['test_acc']:.4f}, loss {summary['test_loss']:.4f}, "
-          f"macro F1 {summary['test_f1_macro']:.4f} (model from epoch {card.get('epoch', '?')})")
+          f"macro F1 {summary['test_f1_macro']:.4f} (model from epoch {record.get('epoch', '?')})")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ import json
 import time
 from pathlib import Path
 
+from fmnist.classifier import Classifier
 from fmnist.errors import run
-from fmnist.files import load_params, md5_hex, model_from_bytes, read_bytes, write_bytes
-from fmnist.serving import INPUT, INPUT_DOC, OUTPUT, OUTPUT_DOC, Classifier, onnx_bytes
+from fmnist.io import md5_hex, read_bytes, write_bytes
+from fmnist.model_file import card, model_from_bytes
+from fmnist.onnx_file import INPUT, INPUT_DOC, OUTPUT, OUTPUT_DOC, onnx_bytes
+from fmnist.params import load_params
 
 
 def main() -> None:
@@ -31,17 +34,18 @@ def main() -> None:
     tta = load_params()["evaluate"]["tta"]
 
     source = read_bytes(args.model, "run the train stage first (dvc repro)")
-    net, card = model_from_bytes(source, str(args.model))
+    net, record = model_from_bytes(source, str(args.model))
+    about = card(record)
     # Only what the model file holds: the same model gives the same ONNX bytes at any commit.
     metadata = {
-        "classes": json.dumps(list(card["classes"])),
+        "classes": json.dumps(about["classes"]),
         "input": f"{INPUT}: {INPUT_DOC}",
         "output": f"{OUTPUT}: {OUTPUT_DOC}",
         "mirror_averaged": json.dumps(tta),
-        "architecture": card["model"],
-        "best_epoch": json.dumps(card.get("epoch")),
-        "val_acc": json.dumps(card.get("val_acc")),
-        "data_sha256": str(card.get("data_sha256")),
+        "architecture": about["architecture"],
+        "best_epoch": json.dumps(about["best_epoch"]),
+        "val_acc": json.dumps(about["val_acc"]),
+        "data_sha256": str(about["data_sha256"]),
         "source_md5": md5_hex(source),
     }
     start = time.perf_counter()

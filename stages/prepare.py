@@ -12,10 +12,12 @@ import argparse
 import json
 from pathlib import Path
 
-from fmnist.data import CLASSES, RAW_FILES, class_counts, split_train_val
+from fmnist.dataset import CLASSES
 from fmnist.errors import DataError, ParamError, run
-from fmnist.files import load_params, read_raw_split, torch_bytes, write_folder
-from fmnist.params import val_size_problem
+from fmnist.io import torch_bytes, write_folder
+from fmnist.params import load_params, val_size_problem
+from fmnist.raw import RAW_FILES, read_raw_split
+from fmnist.splits import class_counts, split_file, split_train_val
 
 
 def main() -> None:
@@ -39,8 +41,7 @@ def main() -> None:
         "val": (train_images[val_idx], train_labels[val_idx]),
         "test": (test_images, test_labels),
     }
-    files = {f"{name}.pt": torch_bytes({"images": images.clone(), "labels": labels.clone()})
-             for name, (images, labels) in splits.items()}
+    files = {f"{name}.pt": torch_bytes(split_file(images, labels)) for name, (images, labels) in splits.items()}
     counts = {name: class_counts(labels) for name, (_, labels) in splits.items()}
     files["class_counts.json"] = (json.dumps({"classes": list(CLASSES), "counts": counts}, indent=2) + "\n").encode()
     write_folder(args.out, files)

@@ -1,14 +1,10 @@
-"""The trained net as a product: stored pixels in, class probabilities out, in PyTorch or ONNX.
+"""The ONNX file: the classifier as a graph for serving without PyTorch (onnxruntime).
 
-    classifier = Classifier(net, mirror=True)     # uint8 (N, 1, 28, 28) -> probabilities (N, 10)
-    probs = classifier(pixels)
-    data = onnx_bytes(classifier, metadata={"classes": json.dumps(classes)})   # the same, as ONNX
-    top_k(probs[0], classes, 3)                   # [("Trouser", 0.97), ("Dress", 0.02), ...]
+    data = onnx_bytes(Classifier(net, mirror=True), metadata={"classes": json.dumps(classes)})
 
-`Classifier` computes exactly what the evaluate stage scores (training.evaluate): the
-data set's normalisation, the net, softmax and, with `mirror` (params' evaluate.tta),
-the average with the mirror image's probabilities. Everything is inside the module, so
-the ONNX graph exported from it takes raw pixels and needs no preprocessing code.
+The graph is fmnist.classifier.Classifier exported whole: stored pixels in (INPUT),
+class probabilities out (OUTPUT), what the evaluate stage scores, with normalisation and
+mirror-averaging inside, so it needs no preprocessing code.
 """
 
 from __future__ import annotations
@@ -17,31 +13,14 @@ import contextlib
 import io
 
 import torch
-from torch import nn
 
-from fmnist.data import MEAN, STD
+from fmnist.classifier import Classifier
 from fmnist.errors import PipelineError
 
 INPUT, OUTPUT = "pixels", "probabilities"
 INPUT_DOC = ("uint8 pixels (N, 1, 28, 28), 0-255, a light garment on a dark ground, "
              "as data/prepared stores them (fmnist.images.to_fashion_mnist makes them from a picture)")
 OUTPUT_DOC = "float32 class probabilities (N, 10), in the order of the 'classes' metadata"
-
-
-class Classifier(nn.Module):
-    """uint8 pixels (N, 1, 28, 28) -> float32 class probabilities (N, classes)."""
-
-    def __init__(self, net: nn.Module, mirror: bool):
-        super().__init__()
-        self.net, self.mirror = net.eval(), mirror
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # The same operations, in the same order, as data.normalize and training.evaluate.
-        x = ((pixels.float() / 255.0) - MEAN) / STD
-        probs = self.net(x).float().softmax(1)
-        if self.mirror:
-            probs = (probs + self.net(x.flip(3)).float().softmax(1)) / 2
-        return probs
 
 
 def onnx_bytes(classifier: Classifier, metadata: dict[str, str]) -> bytes:
@@ -76,9 +55,3 @@ def onnx_bytes(classifier: Classifier, metadata: dict[str, str]) -> bytes:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model.SerializeToString()
-
-
-def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
-    """The k likeliest classes of one image's probabilities, likeliest first."""
-    values, indices = probs.topk(min(k, len(classes)))
-    return [(classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]

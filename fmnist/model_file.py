@@ -1,0 +1,93 @@
+"""The model file (models/model.pt): what the train stage writes and everyone else reads.
+
+    save_model(Path("models/model.pt"), weights, params=p, epoch=7, val_acc=0.93, data_sha256=digest)
+    net, record = load_model(Path("models/model.pt"))   # net in eval mode, the file's dict
+    card(record)                                        # what the file says of itself
+
+One torch file (weights_only loadable: no code runs from it) holding a dict:
+
+| key | what |
+|---|---|
+| state_dict | the net's weights, of the best validation epoch (the moving average with train.ema) |
+| model | the architecture, a name of fmnist.model.ARCHITECTURES |
+| classes | the ten class names, in label order |
+| params | the params' train section the net was trained with |
+| epoch | the epoch kept (best validation accuracy) |
+| val_acc | its validation accuracy (a fraction) |
+| data_sha256 | sha256 of the training images and labels |
+
+The evaluate and export stages, `fmnist-predict` and `make compare` read it through
+`load_model` / `model_from_bytes`, which check every key before a net is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmnist.dataset import CLASSES
+from fmnist.errors import DataError, shown
+from fmnist.io import read_bytes, save_torch, torch_from_bytes
+from fmnist.model import ARCHITECTURES, build_model, weights_problem
+
+MODEL_FILE = "models/model.pt"  # where the train stage writes it (dvc.yaml: vars.model)
+MODEL_HINT = "re-create it with `dvc repro --force train` (or `dvc checkout` to restore the cached one)"
+REQUIRED = ("state_dict", "model", "classes")
+
+
+def save_model(path: Path, state_dict: dict, *, params: dict, epoch: int, val_acc: float, data_sha256: str) -> None:
+    """Write the model file: the weights and what they were trained with (the table above)."""
+    save_torch(path, {
+        "state_dict": state_dict, "model": params["model"], "classes": list(CLASSES),
+        "params": params, "epoch": epoch, "val_acc": val_acc, "data_sha256": data_sha256})
+
+
+def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.Module, dict]:
+    """The net a model file's dict describes, with its weights loaded, and the dict itself."""
+    need = set(REQUIRED)
+    if isinstance(obj, dict) and {"optimizer", "history", "best"} <= set(obj):
+        raise DataError(f"{name}: this is a training checkpoint, not a model file "
+                        f"(the train stage writes both); {hint}")
+    if not isinstance(obj, dict) or not need <= set(obj):
+        found = f"keys {sorted(map(str, obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise DataError(f"{name}: not a model file of this project (expected keys {sorted(need)}, "
+                        f"found {found}); {hint}")
+    if not isinstance(obj["model"], str) or obj["model"] not in ARCHITECTURES:
+        raise DataError(f"{name}: unknown architecture {shown(obj['model'])} (known: {', '.join(ARCHITECTURES)}); {hint}")
+    classes = obj["classes"]
+    # The net's last layer has one output per class, and the labels are 0-9.
+    if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) \
+            or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{name}: 'classes' should be a list of {len(CLASSES)} class names, "
+                        f"found {shown(classes)}; {hint}")
+    net = build_model(obj["model"], len(classes))
+    problem = weights_problem(obj["state_dict"], net)
+    if problem:
+        raise DataError(f"{name}: not the weights of a {obj['model']} net: {problem}; {hint}")
+    net.load_state_dict(obj["state_dict"])
+    return net.eval(), obj
+
+
+def model_from_bytes(data: bytes, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.Module, dict]:
+    """A model file's bytes (read from disk, or by DVC at a revision) as (net in eval mode, its dict)."""
+    return check_model(torch_from_bytes(data, name, hint), name, hint)
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    """models/model.pt as the train stage wrote it: (net in eval mode, the file's dict)."""
+    hint = "run the train stage first (dvc repro)" if not path.exists() else MODEL_HINT
+    return model_from_bytes(read_bytes(path, hint), str(path), hint)
+
+
+def card(record: dict) -> dict:
+    """What a (checked) model file says of itself; keys a file of an older version lacks are None."""
+    return {
+        "architecture": record["model"],
+        "classes": list(record["classes"]),
+        "best_epoch": record.get("epoch"),
+        "val_acc": record.get("val_acc"),
+        "data_sha256": record.get("data_sha256"),
+        "params": record.get("params"),
+    }
