@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, TINY_PARAMS, write_raw
+from helpers import ROOT, TINY_PARAMS, write_raw
 
 
 @pytest.mark.e2e  # trains through the stages' own commands, in subprocesses

@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, Repo, make_repo, set_params, write_raw
-from fmnist.data import CLASSES
+from helpers import ROOT, Repo, make_repo, set_params, write_raw
+from fmnist.dataset import CLASSES
 from fmnist.report import (
     CHART_LINES, confusion_changes, confusion_markdown, curves_markdown, curves_mermaid, metrics_table,
     per_class_f1_table, render_markdown,
@@ -126,7 +126,7 @@ def test_a_larger_threshold_passes(history):
 def test_a_missing_base_says_so(history):
     proc = compare(history.repo, "no-such-branch")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "error: base revision 'no-such-branch' is not a commit" in proc.stderr
+    assert "error: no-such-branch: no such commit, branch or tag in the git repository" in proc.stderr
 
     proc = compare(history.repo, history.pipeline)  # committed before any `dvc repro`
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

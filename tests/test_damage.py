@@ -1,7 +1,7 @@
 """Damaged files, a full disk, SIGTERM: one line naming the file, what is wrong and what
 to do; exit 1 (143 on SIGTERM); the previous outputs left whole.
 
-The unit tests call fmnist.files and fmnist.training directly on damaged copies; the
+The unit tests call the package's readers and fmnist.checkpoint directly on damaged copies; the
 e2e tests damage a real pipeline's files and run its stage scripts as subprocesses,
 the commands dvc.yaml runs.
 """
@@ -27,12 +27,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, TINY_PARAMS, make_repo, set_params, synthetic, write_raw
-from fmnist.data import CLASSES
+from helpers import ROOT, TINY_PARAMS, make_repo, set_params, synthetic, write_raw
+from fmnist.checkpoint import ResumeError, checkpoint_state, restore
+from fmnist.classifier import Classifier, score
+from fmnist.dataset import CLASSES
+from fmnist.distributed import steps_per_epoch
 from fmnist.errors import DataError, OutputError, ParamError
-from fmnist.files import load_model, load_params, load_split, torch_bytes, write_bytes, write_folder
+from fmnist.io import torch_bytes, write_bytes, write_folder
 from fmnist.model import build_model
-from fmnist.training import ResumeError, build, checkpoint_state, evaluate, fit, restore, steps_per_epoch
+from fmnist.model_file import load_model
+from fmnist.params import load_params
+from fmnist.splits import load_split
+from fmnist.training import Settings, build, fit
 
 CPU = torch.device("cpu")
 
@@ -214,7 +220,7 @@ def test_any_value_anywhere_in_a_model_file_is_refused_or_scores(data):
         one_line(str(exc), "model.pt: ")
     else:
         x, y = (torch.from_numpy(a) for a in synthetic(8, seed=1))
-        result = evaluate(net, x, y.long(), device=CPU, batch_size=4, tta=True)
+        result = score(Classifier(net, mirror=True), x, y.long(), device=CPU, batch_size=4)
         assert result.probs.shape == (8, 10) and bool(torch.isfinite(result.probs).all())
 
 
@@ -242,16 +248,18 @@ def steps(p: dict = P) -> int:
     return steps_per_epoch(40, p["batch_size"])
 
 
+def loop_settings(p: dict) -> Settings:
+    return Settings.from_params(p, CPU, None, progress_bar=False)
+
+
 def _genuine(p: dict):
     train, val = tiny_data()
-    net, model, optimizer, scheduler, ema = fresh(p)
-    progress = fit({**p, "epochs": 1}, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False,
-                   ema=ema)
-    saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, net, optimizer, scheduler, ema))),
-                       weights_only=True)
-    net, model, optimizer, scheduler, ema = fresh(p)
-    straight = fit(p, net, model, optimizer, scheduler, train, val, device=CPU, show_progress=False, ema=ema)
-    return saved, net.state_dict(), straight
+    state = fresh(p)
+    progress = fit(state, train, val, loop_settings({**p, "epochs": 1}))
+    saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, state))), weights_only=True)
+    state = fresh(p)
+    straight = fit(state, train, val, loop_settings(p))
+    return saved, state.net.state_dict(), straight
 
 
 @pytest.fixture(scope="module")
@@ -269,11 +277,10 @@ def genuine_adamw():
 def resume_and_finish(checkpoint, p: dict = P):
     """restore() into a fresh run, then train it to the end, as the train stage does."""
     train, val = tiny_data()
-    net, model, optimizer, scheduler, ema = fresh(p)
-    progress = restore(checkpoint, KEY, net, optimizer, scheduler, steps(p), ema)
-    progress = fit(p, net, model, optimizer, scheduler, train, val, device=CPU, progress=progress,
-                   show_progress=False, ema=ema)
-    return net, progress
+    state = fresh(p)
+    progress = restore(checkpoint, KEY, state, steps(p))
+    progress = fit(state, train, val, loop_settings(p), progress)
+    return state.net, progress
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

@@ -10,8 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import idx_bytes, synthetic, write_raw
-from fmnist.data import augment, check_pair, class_counts, normalize, parse_idx, split_train_val
+from helpers import idx_bytes, synthetic, write_raw
+from fmnist.augment import augment_batch as augment
+from fmnist.classifier import normalize
+from fmnist.raw import check_pair, parse_idx
+from fmnist.splits import class_counts, split_train_val
 from fmnist.errors import DataError
 
 
@@ -99,7 +102,7 @@ def test_class_counts_and_normalize():
     labels = torch.tensor([0, 0, 9, 3])
     counts = class_counts(labels)
     assert counts["T-shirt/top"] == 2 and counts["Ankle boot"] == 1 and sum(counts.values()) == 4
-    x = normalize(torch.full((2, 28, 28), 255, dtype=torch.uint8))
+    x = normalize(torch.full((2, 1, 28, 28), 255, dtype=torch.uint8))
     assert x.shape == (2, 1, 28, 28) and torch.allclose(x, torch.tensor((1 - 0.2860) / 0.3530))
 
 

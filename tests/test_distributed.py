@@ -30,11 +30,11 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from conftest import ROOT, make_repo, write_raw
+from helpers import ROOT, make_repo, write_raw
 from fmnist import training
-from fmnist.files import load_model
+from fmnist.distributed import World, _fresh_namespace
 from fmnist.model import build_model
-from fmnist.training import Dist, _fresh_namespace
+from fmnist.model_file import load_model
 
 DDP_PARAMS = {"data": {"val_size": 60}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu"}}
 OUTPUTS = ("models/model.pt", "models/checkpoint.pt", "metrics/train", "metrics/train.json")
@@ -271,9 +271,10 @@ def test_a_restart_gets_a_store_namespace_no_dead_worker_wrote_to():
 def test_batchnorm_is_synced_across_processes_on_cuda_only(monkeypatch):
     """SyncBatchNorm where the backend runs it (CUDA); plain BatchNorm on CPU and alone."""
     p = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
-    monkeypatch.setattr(training, "prepare_model", lambda net, device, compile=False, world=None: net)  # no GPU here
-    for device, world, synced in (("cuda", Dist(0, 2), True), ("cpu", Dist(0, 2), False), ("cuda", Dist(), False)):
-        net = training.build(p, 1000, torch.device(device), world)[0]
+    monkeypatch.setattr(training, "to_device_layout", lambda net, device: net)  # no GPU here
+    monkeypatch.setattr(training, "wrap_ddp", lambda model, device, world: model)  # nor a process group
+    for device, world, synced in (("cuda", World(0, 2), True), ("cpu", World(0, 2), False), ("cuda", World(), False)):
+        net = training.build(p, 1000, torch.device(device), world).net
         kinds = {type(m) for m in net.modules()}
         assert (torch.nn.SyncBatchNorm in kinds) == synced and (torch.nn.BatchNorm2d in kinds) != synced
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import fcntl
 import json
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, make_repo, write_raw
+from helpers import make_repo, write_raw
 
 OUTPUTS = [
     "data/raw/train-images-idx3-ubyte", "data/raw/t10k-labels-idx1-ubyte",
@@ -102,35 +101,6 @@ def in_terminal(repo, columns: int, *args: str) -> list[str]:
     assert proc.wait(timeout=120) == 0, out
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())  # colours and cursor codes
     return [line for line in text.replace("\r", "").splitlines() if line.strip()]
-
-
-def _imports(path: Path, root: Path) -> set[str]:
-    """Project files `path` imports, followed transitively."""
-    seen: set[str] = set()
-    todo = [path]
-    while todo:
-        tree = ast.parse(todo.pop().read_text())
-        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
-        for name in names:
-            candidates = [root / (name.replace(".", "/") + ".py"), root / "stages" / f"{name}.py"]
-            if name.startswith("fmnist"):
-                candidates.append(root / "fmnist/__init__.py")
-            for file in candidates:
-                rel = str(file.relative_to(root))
-                if file.is_file() and rel not in seen:
-                    seen.add(rel)
-                    todo.append(file)
-    return seen
-
-
-def test_dvc_yaml_lists_every_module_each_stage_imports():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        script = f"stages/{name}.py"
-        deps = {d for d in stage["deps"] if d.endswith(".py")}
-        assert script in deps
-        assert deps == _imports(ROOT / script, ROOT) | {script}, name
 
 
 @pytest.mark.e2e

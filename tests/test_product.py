@@ -21,16 +21,17 @@ import torch
 from PIL import Image
 from torchvision.io import encode_jpeg, encode_png
 
-from conftest import ROOT, Repo, make_repo, run, synthetic, write_raw
-from fmnist.data import CLASSES
+from helpers import ROOT, Repo, make_repo, run, synthetic, write_raw
 from fmnist import errors
+from fmnist.classifier import Classifier, score
+from fmnist.dataset import CLASSES
+from fmnist.device import to_device_layout
 from fmnist.errors import DataError
-from fmnist.files import save_torch
 from fmnist.images import decode, is_dark_on_light, to_fashion_mnist
+from fmnist.io import save_torch
 from fmnist.model import build_model
 from fmnist.predict import cli
-from fmnist.serving import Classifier
-from fmnist.training import evaluate, prepare_model, seed_everything, train_epoch
+from fmnist.training import Settings, TrainState, seed_everything, train_epoch
 
 CPU = torch.device("cpu")
 VARIANTS = ("stored", "inverted", "enlarged", "colour")
@@ -152,10 +153,11 @@ def model_file(tmp_path_factory) -> Path:
     net = build_model("cnn")
     x, y = (torch.from_numpy(a) for a in synthetic(400, 1))
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    state = TrainState(net, to_device_layout(net, CPU), opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), None)
+    settings = Settings(epochs=3, batch_size=32, seed=0, augment=True, shift=0, erase=0.0, label_smoothing=0.1,
+                        device=CPU, dtype=None, progress_bar=False)
     for epoch in (1, 2, 3):
-        train_epoch(prepare_model(net, CPU), opt, sched, x, y.long(), batch_size=32, seed=0, epoch=epoch,
-                    augment=True, label_smoothing=0.1, device=CPU, progress=False)
+        train_epoch(state, x, y.long(), epoch, settings)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     save_torch(path, {"state_dict": net.state_dict(), "model": "cnn", "classes": list(CLASSES),
                       "params": {"model": "cnn", "epochs": 3}, "epoch": 3, "val_acc": 0.95, "data_sha256": "ab" * 32})
@@ -163,11 +165,11 @@ def model_file(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("mirror", [True, False])
-def test_the_classifier_computes_what_the_evaluate_stage_scores(model_file, mirror):
+def test_scoring_in_batches_gives_what_the_classifier_gives_at_once(model_file, mirror):
     net = build_model("cnn")
     net.load_state_dict(torch.load(model_file, weights_only=True)["state_dict"])
     images, labels = (torch.from_numpy(a) for a in synthetic(100, 3))
-    scored = evaluate(net, images, labels.long(), device=CPU, batch_size=32, tta=mirror)
+    scored = score(Classifier(net, mirror=mirror), images, labels.long(), device=CPU, batch_size=32)
     with torch.no_grad():
         probs = Classifier(net, mirror=mirror)(images.unsqueeze(1))
     assert torch.allclose(probs, scored.probs, atol=1e-6)

@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, Repo, make_repo, set_params, write_raw
+from helpers import ROOT, Repo, make_repo, set_params, write_raw
 
 pytestmark = pytest.mark.e2e
 

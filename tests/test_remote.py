@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Repo, make_repo, run
+from helpers import Repo, make_repo, run
 
 pytestmark = pytest.mark.e2e
 

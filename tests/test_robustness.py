@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_repo, set_params, write_raw
+from helpers import make_repo, set_params, write_raw
 from fmnist.errors import DataError
-from fmnist.files import download
+from fmnist.raw import download
 
 
 def lock_hashes(repo) -> dict[str, str]:

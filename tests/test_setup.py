@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 STAND_IN = """#!/bin/sh
 # Python {version}, as far as the Makefile's check can tell: `$0 -c CODE` runs CODE.

@@ -18,12 +18,11 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, make_repo, synthetic, write_raw
-from fmnist.data import split_train_val
+from helpers import ROOT, make_repo, synthetic, write_raw
+from fmnist.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.params import TRAIN_IMAGES, check_params, size_problems
-from fmnist.training import (
-    Dist, build, fit, lr_factor, per_rank_batch, shard, steps_per_epoch, train_epoch,
-)
+from fmnist.splits import split_train_val
+from fmnist.training import Settings, build, fit, lr_factor, train_epoch
 
 CPU = torch.device("cpu")
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -119,13 +118,13 @@ def test_every_size_the_params_allow_trains(group, sizes, rank, model, optimizer
     train_idx, val_idx = split_train_val(images, val_size, seed=0)  # what the prepare stage does
     train, val = (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
     p = train_params(epochs=epochs, batch_size=batch_size, nproc=nproc, model=model, optimizer=optimizer)
-    world = Dist(rank % nproc, nproc)
+    world = World(rank % nproc, nproc)
 
-    net, model_, optimizer_, scheduler, ema = build(p, len(train[1]), CPU, world)
+    state = build(p, len(train[1]), CPU, world)
+    optimizer_, scheduler = state.optimizer, state.scheduler
     steps = []
     optimizer_.register_step_post_hook(lambda *_: steps.append(scheduler.last_epoch))
-    progress = fit(p, net, model_, optimizer_, scheduler, train, val, device=CPU, world=world,
-                   show_progress=False, ema=ema)
+    progress = fit(state, train, val, Settings.from_params(p, CPU, None, world, progress_bar=False))
 
     total = epochs * steps_per_epoch(len(train[1]), batch_size, nproc)
     assert len(steps) == total == scheduler.last_epoch  # every step of the schedule, no more
@@ -142,10 +141,9 @@ def test_a_single_step_and_a_last_batch_of_one_image_train():
     y = y.long()
     for batch_size, expected in ((64, 1), (32, 2), (1, 33)):  # 33 = 32 + 1: a last batch of one image
         p = train_params(epochs=1, batch_size=batch_size)
-        net, model, optimizer, scheduler, _ = build(p, 33, CPU)
-        loss, acc = train_epoch(model, optimizer, scheduler, x, y, batch_size=batch_size, seed=0, epoch=1,
-                                augment=True, label_smoothing=0.1, device=CPU, progress=False)
-        assert scheduler.last_epoch == expected == steps_per_epoch(33, batch_size)
+        state = build(p, 33, CPU)
+        loss, acc = train_epoch(state, x, y, 1, Settings.from_params(p, CPU, None, progress_bar=False))
+        assert state.scheduler.last_epoch == expected == steps_per_epoch(33, batch_size)
         assert math.isfinite(loss) and 0 <= acc <= 1
 
 

@@ -9,13 +9,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import synthetic
+from helpers import synthetic
+from fmnist.checkpoint import checkpoint_state, restore
+from fmnist.classifier import Classifier, score
+from fmnist.device import pick_device, pick_dtype, to_device_layout
+from fmnist.distributed import steps_per_epoch
+from fmnist.ema import Ema
 from fmnist.errors import ParamError, TrainingDiverged
 from fmnist.model import ARCHITECTURES, build_model
-from fmnist.training import (
-    Ema, build, checkpoint_state, evaluate, fit as fit_run, pick_device, pick_dtype, prepare_model, restore,
-    seed_everything, steps_per_epoch, train_epoch,
-)
+from fmnist.training import Settings, TrainState, build, fit as fit_run, seed_everything, train_epoch
 
 CPU = torch.device("cpu")
 TRAIN = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
@@ -26,16 +28,26 @@ def tiny(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
+def settings(**overrides) -> Settings:
+    """The loop's settings for a tiny CPU run: flips on, label smoothing, no bar."""
+    values = {"epochs": 2, "batch_size": 32, "seed": 0, "augment": True, "shift": 0, "erase": 0.0,
+              "label_smoothing": 0.1, "device": CPU, "dtype": None, "progress_bar": False}
+    return Settings(**{**values, **overrides})
+
+
+def plain_sgd(net: torch.nn.Module, lr: float, device: torch.device = CPU) -> TrainState:
+    """`net` with SGD at a constant learning rate and no moving average."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    return TrainState(net, to_device_layout(net, device), opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0),
+                      None)
+
+
 def fit(seed: int, epochs: int = 2, lr: float = 0.05, model: str = "cnn"):
     seed_everything(seed)
     net = build_model(model)
-    m = prepare_model(net, CPU)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    state = plain_sgd(net, lr)
     x, y = tiny()
-    losses = [train_epoch(m, opt, sched, x, y, batch_size=32, seed=seed, augment=True,
-                          label_smoothing=0.1, device=CPU, epoch=e, progress=False)[0]
-              for e in range(1, epochs + 1)]
+    losses = [train_epoch(state, x, y, e, settings(seed=seed))[0] for e in range(1, epochs + 1)]
     return net, losses
 
 
@@ -67,7 +79,7 @@ def test_train_epoch_learns_and_evaluate_scores():
     net, losses = fit(seed=0, epochs=4)
     assert losses[-1] < losses[0]
     x, y = tiny(120, seed=5)
-    result = evaluate(net, x, y, device=CPU, batch_size=50, tta=True)
+    result = score(Classifier(net, mirror=True), x, y, device=CPU, batch_size=50)
     assert result.probs.shape == (120, 10)
     assert torch.allclose(result.probs.sum(1), torch.ones(120), atol=1e-5)
     assert result.accuracy > 0.3 and result.loss > 0  # chance is 0.1
@@ -109,18 +121,15 @@ def test_cuda_path_trains_with_data_on_the_device():
     seed_everything(0)
     dev = torch.device("cuda")
     net = build_model("cnn")
-    m = prepare_model(net, dev)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    state = plain_sgd(net, 0.05, dev)
     x, y = tiny()
     x, y = x.to(dev), y.to(dev)
-    loss, acc = train_epoch(m, opt, sched, x, y, batch_size=32, seed=0, augment=True, label_smoothing=0.1,
-                            device=dev, epoch=1, dtype=torch.bfloat16, progress=False)
+    loss, acc = train_epoch(state, x, y, 1, settings(device=dev, dtype=torch.bfloat16))
     assert next(net.parameters()).is_cuda and loss == loss and 0 <= acc <= 1
     assert pick_device("auto").type == "cuda"
     if torch.cuda.is_bf16_supported():
         assert pick_dtype("auto", dev) == torch.bfloat16
-    result = evaluate(net, x.cpu(), y.cpu(), device=dev, batch_size=64, tta=True, dtype=torch.bfloat16)
+    result = score(Classifier(net, mirror=True), x.cpu(), y.cpu(), device=dev, batch_size=64, dtype=torch.bfloat16)
     assert result.probs.shape == (len(y), 10) and 0 <= result.accuracy <= 1
 
 
@@ -146,16 +155,15 @@ def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
     saved = {}
 
     def run(checkpoint=None):
-        net, model, optimizer, scheduler, avg = build(p, len(train[1]), CPU)
+        state = build(p, len(train[1]), CPU)
         steps = steps_per_epoch(len(train[1]), p["batch_size"])
-        progress = restore(checkpoint, "key", net, optimizer, scheduler, steps, avg) if checkpoint else None
+        progress = restore(checkpoint, "key", state, steps) if checkpoint else None
 
         def on_epoch(progress, seconds):  # what the train stage's checkpoint holds
             if progress.epoch == 2 and checkpoint is None:
-                saved.update(copy.deepcopy(checkpoint_state(progress, "key", net, optimizer, scheduler, avg)))
+                saved.update(copy.deepcopy(checkpoint_state(progress, "key", state)))
 
-        return fit_run(p, net, model, optimizer, scheduler, train, val, device=CPU, progress=progress,
-                       show_progress=False, ema=avg, on_epoch=on_epoch)
+        return fit_run(state, train, val, Settings.from_params(p, CPU, None, progress_bar=False), progress, on_epoch)
 
     straight = run()
     resumed = run(checkpoint=saved)
