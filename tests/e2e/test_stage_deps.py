@@ -1,0 +1,91 @@
+"""`dvc repro` reruns only what a change touches: edit one file of a scratch copy of the
+pipeline, ask `dvc status` which stages it marks.
+
+The files are found by what they define (the function or class that holds the concept),
+not by their names, so the table holds whatever the modules end up being called.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from helpers import ROOT, make_repo, set_params, write_raw
+
+pytestmark = pytest.mark.e2e
+
+STAGES = {"download", "prepare", "train", "evaluate", "export"}
+# concept: (a definition that holds it, the stages an edit may mark, the stages it must mark)
+EDITS = {
+    "the download": (r"def fetch_raw\(", {"download", "prepare"}, {"download"}),
+    "the raw-format reader": (r"def parse_idx\(", {"download", "prepare"}, {"download", "prepare"}),
+    "the network's definition": (r"^ARCHITECTURES = ", {"train", "evaluate", "export"},
+                                 {"train", "evaluate", "export"}),
+    "the training loop": (r"def train_epoch\(", {"train"}, {"train"}),
+    "the optimiser and schedule": (r"def make_optimizer\(", {"train"}, {"train"}),
+    "the moving average": (r"class Ema\b", {"train"}, {"train"}),
+    "distributed training": (r"def init_distributed\(", {"train"}, {"train"}),
+    "checkpoints": (r"def checkpoint_state\(", {"train"}, {"train"}),
+    "augmentation": (r"def augment_batch\(", {"train"}, {"train"}),
+    "fmnist-predict": (r"def cli\(", set(), set()),
+    "the picture reader": (r"def to_fashion_mnist\(", set(), set()),
+    "the comparison report": (r"def render_markdown\(", set(), set()),
+    "git and DVC look-ups": (r"def git_commit\(", set(), set()),
+}
+PARAM_EDITS = {
+    "data.seed": ({"data": {"seed": 1}}, {"prepare"}),
+    "train.lr": ({"train": {"lr": 0.01}}, {"train"}),
+    "evaluate.tta": ({"evaluate": {"tta": False}}, {"evaluate", "export"}),
+    "evaluate.batch_size": ({"evaluate": {"batch_size": 32}}, {"evaluate"}),
+}
+
+
+def defining_file(pattern: str) -> str:
+    """The one file of the package or the scripts that defines `pattern` (a regex)."""
+    found = [str(path.relative_to(ROOT)) for folder in ("fmnist", "stages", "scripts")
+             for path in sorted((ROOT / folder).glob("*.py")) if re.search(pattern, path.read_text(), re.M)]
+    assert len(found) == 1, (pattern, found)
+    return found[0]
+
+
+def marked(repo) -> set[str]:
+    """The stages `dvc status` lists (changed deps, params or outputs)."""
+    status = json.loads(repo.dvc("status", "--json").stdout)
+    assert set(status) <= STAGES, status
+    return set(status)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """The pipeline reproduced and committed in a scratch repo: `dvc status` says nothing."""
+    root = tmp_path_factory.mktemp("deps")
+    repo = make_repo(root / "repo", write_raw(root / "raw"))
+    repo.dvc("repro")
+    repo.commit("reproduced")
+    assert marked(repo) == set()
+    return repo
+
+
+@pytest.mark.parametrize("concept", EDITS)
+def test_a_one_line_edit_marks_only_the_stages_whose_work_it_can_change(reproduced, concept):
+    pattern, allowed, required = EDITS[concept]
+    path = reproduced.path / defining_file(pattern)
+    try:
+        path.write_text(path.read_text() + "# a one-line edit\n")
+        stages = marked(reproduced)
+    finally:
+        reproduced.run("git", "checkout", "--", ".")
+    assert required <= stages <= allowed, f"editing {concept} ({path.name}) marks {sorted(stages)}"
+
+
+@pytest.mark.parametrize("param", PARAM_EDITS)
+def test_a_param_marks_only_the_stages_that_read_it(reproduced, param):
+    overrides, expected = PARAM_EDITS[param]
+    try:
+        set_params(reproduced.path, overrides)
+        stages = marked(reproduced)
+    finally:
+        reproduced.run("git", "checkout", "--", ".")
+    assert stages == expected, f"changing {param} marks {sorted(stages)}"
