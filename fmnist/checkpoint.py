@@ -107,7 +107,10 @@ def _restore(checkpoint: dict, state: TrainState, steps: int) -> Progress:
     if not isinstance(history, list) or len(history) != epoch:
         raise ValueError(f"{epoch} epochs done but the history is {history!r:.40}")
     for row in history:
-        if not isinstance(row, dict) or set(row) != set(HISTORY_KEYS) or not all(map(_is_number, row.values())):
+        if isinstance(row, dict) and set(row) != set(HISTORY_KEYS):  # older code logged other figures
+            raise ValueError(f"a row of history holds {', '.join(sorted(map(str, row)))[:120]}; "
+                             f"this code's rows hold {', '.join(sorted(HISTORY_KEYS))}")
+        if not isinstance(row, dict) or not all(map(_is_number, row.values())):
             raise ValueError(f"a row of history is {row!r:.80}")
     if not isinstance(best, dict) or set(best) != {"val_acc", "epoch", "state_dict"}:
         raise ValueError(f"'best' is {best!r:.60}")

@@ -3,7 +3,9 @@
     python stages/train.py data/prepared models/model.pt models/checkpoint.pt metrics/train metrics/train.json
 
 Logs train and validation loss and accuracy each epoch with DVCLive into LIVE_DIR, as
-it goes, and the run's headline figures (epochs done, best epoch, its validation
+it goes (DVCLive's step is the epoch, 1 to train.epochs; both losses are plain
+cross-entropy, and train/loss_smoothed is the label-smoothed loss the optimiser
+minimises), and the run's headline figures (epochs done, best epoch, its validation
 accuracy) into SUMMARY, so `dvc exp show`, `dvc plots` and the VS Code extension show a
 run while it trains. After every epoch the full training state goes to CHECKPOINT, from
 which `train.resume: true` continues an interrupted run. At the end the weights of the
@@ -41,7 +43,8 @@ def summary(progress: Progress) -> dict:
     return {"epoch": progress.epoch, "best_epoch": progress.best["epoch"], "best_val_acc": progress.best["val_acc"]}
 
 
-def log_row(live, row: dict) -> None:
+def log_row(live, epoch: int, row: dict) -> None:
+    live.step = epoch  # the curves' x axis counts epochs from 1, as the console does
     for name, value in row.items():
         live.log_metric(name, value)
     live.next_step()
@@ -95,8 +98,12 @@ def main() -> None:
         # run leaves the epochs it did, and the next run starts the folder afresh.
         with writing(args.live_dir):  # DVCLive's own writes name no file when the disk is full
             live = Live(dir=str(args.live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-            for row in (progress.history if progress else []):  # epochs a resumed run did before
-                log_row(live, row)
+            for epoch, row in enumerate(progress.history if progress else [], 1):  # what a resumed run did before
+                log_row(live, epoch, row)
+        smoothing = p["label_smoothing"]
+        print("losses are plain cross-entropy, train's on its augmented batches"
+              + (f"; (smoothed ...) is the label-smoothed loss the optimiser minimises (train.label_smoothing: "
+                 f"{smoothing:g})" if smoothing else ""))
 
     def on_epoch(progress: Progress, seconds: float) -> None:
         row = progress.history[-1]
@@ -104,9 +111,11 @@ def main() -> None:
         save_torch(args.checkpoint, checkpoint_state(progress, key, state))
         write_json(args.summary, summary(progress))
         with writing(args.live_dir):
-            log_row(live, row)
-        print(f"epoch {progress.epoch}/{p['epochs']}: train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f} "
-              f"| val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f} | {seconds:.1f} s", flush=True)
+            log_row(live, progress.epoch, row)
+        smoothed = f" (smoothed {row['train/loss_smoothed']:.4f})" if p["label_smoothing"] else ""
+        print(f"epoch {progress.epoch}/{p['epochs']}: train loss {row['train/loss']:.4f}{smoothed} "
+              f"acc {row['train/acc']:.4f} | val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f} "
+              f"| {seconds:.1f} s", flush=True)
 
     try:
         progress = fit(state, train, val, Settings.from_params(p, device, dtype, world), progress, on_epoch)

@@ -142,7 +142,7 @@ def test_a_single_step_and_a_last_batch_of_one_image_train():
     for batch_size, expected in ((64, 1), (32, 2), (1, 33)):  # 33 = 32 + 1: a last batch of one image
         p = train_params(epochs=1, batch_size=batch_size)
         state = build(p, 33, CPU)
-        loss, acc = train_epoch(state, x, y, 1, Settings.from_params(p, CPU, None, progress_bar=False))
+        loss, acc, _ = train_epoch(state, x, y, 1, Settings.from_params(p, CPU, None, progress_bar=False))
         assert state.scheduler.last_epoch == expected == steps_per_epoch(33, batch_size)
         assert math.isfinite(loss) and 0 <= acc <= 1
 

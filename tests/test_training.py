@@ -124,7 +124,7 @@ def test_cuda_path_trains_with_data_on_the_device():
     state = plain_sgd(net, 0.05, dev)
     x, y = tiny()
     x, y = x.to(dev), y.to(dev)
-    loss, acc = train_epoch(state, x, y, 1, settings(device=dev, dtype=torch.bfloat16))
+    loss, acc, _ = train_epoch(state, x, y, 1, settings(device=dev, dtype=torch.bfloat16))
     assert next(net.parameters()).is_cuda and loss == loss and 0 <= acc <= 1
     assert pick_device("auto").type == "cuda"
     if torch.cuda.is_bf16_supported():
