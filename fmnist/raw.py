@@ -141,6 +141,12 @@ def fetch_raw(source: str | None, workdir: Path) -> dict[str, bytes]:
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise DataError(f"{RAW_ENV}={source}: no such folder; point it at a folder holding the four IDX files")
+        # Every missing file named at once, not one per attempt.
+        missing = [name for name in RAW_FILES.values() if not any(
+            (folder / candidate).exists() for candidate in (name, f"{name}.gz"))]
+        if missing:
+            raise DataError(f"{', '.join(missing)}: missing from {RAW_ENV}={folder} "
+                            f"(neither NAME nor NAME.gz is there)")
         print(f"reading the raw files from {RAW_ENV}={folder}")
         for name in RAW_FILES.values():
             raw[name] = decompress(_read_local(folder, name), name)
