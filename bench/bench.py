@@ -26,6 +26,7 @@ OUT.md (a Markdown table with ratios against the reference measured in the same 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from fmnist.classifier import Classifier, score
 from fmnist.device import pick_device, pick_dtype
@@ -83,7 +85,8 @@ def run_reference(raw: Path, epochs: int = 5) -> dict:
         loss_fn = torch.nn.CrossEntropyLoss()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
         clock, curve = 0.0, []
-        for _ in range(epochs):
+        # The bar moves between epochs, off the clock; the tutorial's loop itself is untouched.
+        for _ in tqdm(range(epochs), desc="reference (the tutorial's loop)", unit="epoch", leave=False, disable=None):
             t0 = time.perf_counter()
             model.train(True)
             for inputs, labels in training_loader:
@@ -288,11 +291,14 @@ def main() -> None:
         params = yaml.safe_load(Path(args.params).read_text())
         prepared = prepare(Path(args.raw), params, Path(scratch))
 
+        runs, started = 1 + len(args.profiles) * len(args.seeds), itertools.count(1)
+
         def child(name: str, seed: int = 0) -> dict:
             cmd = [sys.executable, __file__, "--one", name, "--seed", str(seed), "--raw", args.raw,
                    "--params", args.params, "--prepared", str(prepared),
                    "--reference-epochs", str(args.reference_epochs)]
-            print(f"running {name} (seed {seed})...", flush=True)
+            # The stages' own bars show how far each run is (on a terminal); this line, which run.
+            print(f"[{next(started)}/{runs}] running {name} (seed {seed})...", flush=True)
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=child_env()).stdout
             return json.loads(out.strip().splitlines()[-1])
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from fmnist.dataset import CLASSES
 from fmnist.device import autocast, to_device
@@ -53,14 +54,20 @@ class Classifier(nn.Module):
 
 @torch.no_grad()
 def probabilities(classifier: Classifier, images: torch.Tensor, *, device: torch.device, batch_size: int,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Class probabilities (N, classes) of uint8 images (N, 28, 28), `batch_size` at a time, on the CPU."""
+                  dtype: torch.dtype | None = None, bar: str | None = None) -> torch.Tensor:
+    """Class probabilities (N, classes) of uint8 images (N, 28, 28), `batch_size` at a time, on the CPU.
+
+    With `bar`, a progress bar so labelled counts the images on a terminal (never in logs).
+    """
     classifier.eval()
     probs = []
+    progress = tqdm(total=len(images), desc=bar, unit="image", leave=False, disable=None if bar else True)
     for start in range(0, len(images), batch_size):
         pixels = to_device(images[start:start + batch_size], device).unsqueeze(1)
         with autocast(device, dtype):
             probs.append(classifier(pixels).cpu())
+        progress.update(len(pixels))
+    progress.close()
     return torch.cat(probs) if probs else torch.zeros(0, len(CLASSES))
 
 
@@ -72,9 +79,12 @@ class Evaluation:
 
 
 def score(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device,
-          batch_size: int, dtype: torch.dtype | None = None) -> Evaluation:
-    """Mean cross-entropy, accuracy and class probabilities of `classifier` on a whole set."""
-    probs = probabilities(classifier, images, device=device, batch_size=batch_size, dtype=dtype)
+          batch_size: int, dtype: torch.dtype | None = None, bar: str | None = None) -> Evaluation:
+    """Mean cross-entropy, accuracy and class probabilities of `classifier` on a whole set.
+
+    `bar`: as for `probabilities`.
+    """
+    probs = probabilities(classifier, images, device=device, batch_size=batch_size, dtype=dtype, bar=bar)
     labels = labels.cpu()
     loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item() if len(labels) else float("nan")
     accuracy = (probs.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from fmnist.errors import PipelineError, run
 from fmnist.io import save_figure, write_text
@@ -104,49 +105,62 @@ def main() -> None:
                                      "a CI checkout needs the full history, fetch-depth: 0")
     max_drop = load_params()["compare"]["max_accuracy_drop"]  # the head's threshold
 
-    # Imported late: a bad --base or params.yaml is reported without waiting for DVC.
-    from dvc.api import DVCFileSystem
-    from dvc.repo import Repo
+    # DVC's look-ups take seconds each: on a terminal, a bar says which one is running. Closed
+    # (its line cleared) on the way out, an error's included, before anything else is printed.
+    with tqdm(total=5, leave=False, disable=None,
+              bar_format="make compare: {desc} (step {n_fmt}/{total_fmt}, {elapsed})") as bar:
+        def step(what: str) -> None:  # the next of the five steps begins
+            bar.set_description_str(what, refresh=False)
+            bar.update()
 
-    repo = Repo(".")
-    # The same calls as `dvc params diff BASE` and `dvc metrics diff BASE --all`.
-    params_diff = repo.params.diff(a_rev=sha).get("diff", {}).get("params.yaml", {})
-    eval_diff = repo.metrics.diff(a_rev=sha, all=True).get("diff", {}).get(EVAL, {})
-    metrics = metrics_table(eval_diff)
-    accuracy = metrics.set_index("key").loc["test_acc"]
-    if pd.isna(accuracy["base"]):
-        raise PipelineError(f"the base ({label(args.base, sha)}) has no committed results (no test accuracy in "
-                            f"its {EVAL}); compare against a commit made after `dvc repro`, or reproduce the base: "
-                            f"`git checkout {args.base} && dvc repro`")
-    if pd.isna(accuracy["head"]):
-        raise PipelineError(f"{EVAL}: missing in the workspace; run `dvc repro` first")
+        step("loading DVC")
+        # Imported late: a bad --base or params.yaml is reported without waiting for DVC.
+        from dvc.api import DVCFileSystem
+        from dvc.repo import Repo
 
-    fs = DVCFileSystem(".", rev=sha)
-    base_curves, base_confusion, base_per_class = read_results(lambda path: read_base(fs, path, args.base, sha))
-    head_curves, head_confusion, head_per_class = read_results(read_head)
+        repo = Repo(".")
+        step("dvc params diff, dvc metrics diff")
+        # The same calls as `dvc params diff BASE` and `dvc metrics diff BASE --all`.
+        params_diff = repo.params.diff(a_rev=sha).get("diff", {}).get("params.yaml", {})
+        eval_diff = repo.metrics.diff(a_rev=sha, all=True).get("diff", {}).get(EVAL, {})
+        metrics = metrics_table(eval_diff)
+        accuracy = metrics.set_index("key").loc["test_acc"]
+        if pd.isna(accuracy["base"]):
+            raise PipelineError(f"the base ({label(args.base, sha)}) has no committed results (no test accuracy in "
+                                f"its {EVAL}); compare against a commit made after `dvc repro`, or reproduce the base: "
+                                f"`git checkout {args.base} && dvc repro`")
+        if pd.isna(accuracy["head"]):
+            raise PipelineError(f"{EVAL}: missing in the workspace; run `dvc repro` first")
 
-    notes = []
-    stale = repo.status()  # what `dvc status` lists: the workspace's results don't match its params/code
-    if stale:
-        notes.append(f"The workspace's results are out of date (`dvc status` lists {', '.join(sorted(stale))}); "
-                     "run `dvc repro` before comparing.")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    head = git("rev-parse", "--short", "HEAD")
-    ok, line = verdict(accuracy["base"], accuracy["head"], max_drop)
-    text = render_markdown(
-        base_label=f"`{label(args.base, sha)}`",
-        head_label=f"the workspace (`HEAD` = `{head}`{', with uncommitted changes' if dirty else ''})",
-        ok=ok, verdict_line=line, params_diff=params_diff, metrics=metrics,
-        per_class=per_class_f1_table(base_per_class, head_per_class),
-        curves={"base": base_curves, "head": head_curves},
-        confusion={"base": base_confusion, "head": head_confusion},
-        pictures=pictures_sentence(args.out, args.run_url), notes=notes)
+        step(f"the base's results ({label(args.base, sha)})")
+        fs = DVCFileSystem(".", rev=sha)
+        base_curves, base_confusion, base_per_class = read_results(lambda path: read_base(fs, path, args.base, sha))
+        head_curves, head_confusion, head_per_class = read_results(read_head)
 
-    figures = {"curves.png": curves_figure({"base": base_curves, "head": head_curves}),
-               "confusion.png": confusion_figure({"base": base_confusion, "head": head_confusion})}
-    for name, fig in figures.items():
-        save_figure(args.out / name, fig)
-    write_text(args.out / "compare.md", text)
+        step("dvc status")
+        notes = []
+        stale = repo.status()  # what `dvc status` lists: the workspace's results don't match its params/code
+        if stale:
+            notes.append(f"The workspace's results are out of date (`dvc status` lists {', '.join(sorted(stale))}); "
+                         "run `dvc repro` before comparing.")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        head = git("rev-parse", "--short", "HEAD")
+        ok, line = verdict(accuracy["base"], accuracy["head"], max_drop)
+        text = render_markdown(
+            base_label=f"`{label(args.base, sha)}`",
+            head_label=f"the workspace (`HEAD` = `{head}`{', with uncommitted changes' if dirty else ''})",
+            ok=ok, verdict_line=line, params_diff=params_diff, metrics=metrics,
+            per_class=per_class_f1_table(base_per_class, head_per_class),
+            curves={"base": base_curves, "head": head_curves},
+            confusion={"base": base_confusion, "head": head_confusion},
+            pictures=pictures_sentence(args.out, args.run_url), notes=notes)
+
+        step("the pictures")
+        figures = {"curves.png": curves_figure({"base": base_curves, "head": head_curves}),
+                   "confusion.png": confusion_figure({"base": base_confusion, "head": head_confusion})}
+        for name, fig in figures.items():
+            save_figure(args.out / name, fig)
+        write_text(args.out / "compare.md", text)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {args.out / 'compare.md'} and {', '.join(str(args.out / n) for n in figures)}")

@@ -37,7 +37,8 @@ def main() -> None:
     device = pick_device(params["train"]["device"])
     dtype = pick_dtype(params["train"]["precision"], device)
     classifier = Classifier(to_device_layout(net, device), mirror=p["tta"])
-    result = score(classifier, images, labels, device=device, batch_size=p["batch_size"], dtype=dtype)
+    result = score(classifier, images, labels, device=device, batch_size=p["batch_size"], dtype=dtype,
+                   bar="scoring the test set")
     labels, probs = labels.numpy(), result.probs.numpy()
     preds = probs.argmax(1)
     summary = summarize(labels, probs, result.loss)

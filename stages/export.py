@@ -48,6 +48,8 @@ def main() -> None:
         "data_sha256": str(about["data_sha256"]),
         "source_md5": md5_hex(source),
     }
+    # One call of torch.onnx.export, with no progress to show: say what it is, so it doesn't look hung.
+    print(f"exporting {args.model} to ONNX (torch.export, then the ONNX graph; seconds to a minute)...", flush=True)
     start = time.perf_counter()
     data = onnx_bytes(Classifier(net, mirror=tta), metadata)
     write_bytes(args.out, data)
