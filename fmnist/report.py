@@ -31,7 +31,8 @@ from fmnist.dataset import CLASSES
 
 # The headline metrics of metrics/eval.json, in the order the report lists them.
 METRICS = {"test_acc": "test accuracy", "test_loss": "test loss", "test_f1_macro": "macro F1"}
-# DVCLive's curves: metrics/train/plots/metrics/<split>/<name>.tsv, a column named <name>.
+# DVCLive's curves: metrics/train/plots/metrics/<split>/<name>.tsv, a column named <name>. Both
+# losses are plain cross-entropy (train/loss_smoothed.tsv, the optimised loss, is not drawn).
 CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")
 SIDES = {"base": "tab:blue", "head": "tab:orange"}
 # Mermaid's xychart draws no legend and colours its lines in the order they come, from
@@ -118,7 +119,7 @@ def table_markdown(table: pd.DataFrame, first_column: str) -> str:
 
 
 def _series(table: pd.DataFrame, metric: str) -> list[float]:
-    # DVCLive counts steps from 0; the train stage takes one step per epoch.
+    # One DVCLive step an epoch: the train stage numbers them 1..N (runs before it did 0..N-1).
     return [float(v) for v in table.sort_values("step")[metric]]
 
 
