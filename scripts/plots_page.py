@@ -8,7 +8,8 @@ draw. This copies them, as npm installed them (the Makefile pins the versions), 
 page template, and names it in .dvc/config.local (`plots.html_template`, relative to
 .dvc/), after which `dvc plots show` and `dvc plots diff` need no network. Without the
 packages (no npm) it says so and changes nothing: DVC's own page draws when online.
-Run from the repository's top folder.
+Run from the repository's top folder. Back to DVC's own page:
+`dvc config --local --unset plots.html_template` (docs/plots.md).
 """
 
 from __future__ import annotations
