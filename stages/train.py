@@ -101,9 +101,9 @@ def main() -> None:
             for epoch, row in enumerate(progress.history if progress else [], 1):  # what a resumed run did before
                 log_row(live, epoch, row)
         smoothing = p["label_smoothing"]
-        print("losses are plain cross-entropy, train's on its augmented batches"
-              + (f"; (smoothed ...) is the label-smoothed loss the optimiser minimises (train.label_smoothing: "
-                 f"{smoothing:g})" if smoothing else ""))
+        print("loss: plain cross-entropy, train's on its augmented batches"
+              + (f"; smoothed: the label-smoothed loss minimised (train.label_smoothing {smoothing:g})"
+                 if smoothing else ""))
 
     def on_epoch(progress: Progress, seconds: float) -> None:
         row = progress.history[-1]
