@@ -32,6 +32,12 @@ TINY_PARAMS = {
 }
 
 
+def train_params(**overrides) -> dict:
+    """params.yaml's train section for a quick CPU run (fp32, lr 0.05), with `overrides`."""
+    train = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    return {**train, "device": "cpu", "precision": "fp32", "lr": 0.05, **overrides}
+
+
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     """Encode a uint8 array as an IDX file."""
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
