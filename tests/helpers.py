@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,12 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for i, k in enumerate(labels):
         images[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
     return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def tiny(n: int = 256, seed: int = 0):
+    """synthetic(n, seed) as tensors: uint8 images (n, 28, 28) and int64 labels."""
+    images, labels = synthetic(n, seed)
+    return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
 def write_raw(folder: Path, n_train: int = 400, n_test: int = 120, gz: bool = True) -> Path:
