@@ -1,5 +1,6 @@
 """params.yaml checks (fmnist/params.py): every key typed and ranged, unknown keys caught
-with a suggestion, sizes that can't train refused up front.
+with a suggestion, sizes that can't train refused up front, a damaged file in one line,
+several problems one line each; any value anywhere fuzzed with hypothesis.
 
 Sizes are property-based (hypothesis) over the training-set size, data.val_size,
 train.batch_size, train.epochs and train.nproc: what the check allows trains, through
@@ -21,9 +22,10 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT, synthetic, train_params
+from helpers import ROOT, leaves, one_line, synthetic, train_params
 from fmnist.distributed import World, per_rank_batch, shard, steps_per_epoch
-from fmnist.params import TRAIN_IMAGES, check_params, size_problems
+from fmnist.errors import ParamError
+from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems
 from fmnist.splits import split_train_val
 from fmnist.training import Settings, build, fit
 
@@ -88,6 +90,69 @@ def test_missing_keys_and_sections():
     assert any(p.startswith("train.lr: missing") for p in found)
     assert any(p.startswith("evaluate: section missing") for p in found)
     assert check_params(["not", "a", "mapping"])[0].startswith("expected a mapping of sections")
+
+
+# --- the file: damaged, fuzzed, several problems ------------------------------
+
+DAMAGED_PARAMS = {
+    "binary garbage": (bytes(range(128, 256)) * 4, "cannot be read as text ('utf-8' codec can't decode byte 0x80"),
+    "empty": (b"", "the file is empty"),
+    "a YAML list": (b"- data\n- train\n", "expected a mapping of sections (data, train, evaluate, compare) at the "
+                                        "top, got ['data', 'train']"),
+    "a number": (b"3\n", "at the top, got 3"),
+    "broken YAML": (b"train: [1, 2\n", "not valid YAML"),
+    "absurdly deep": (b"[" * 1000, "not valid YAML"),  # RecursionError in PyYAML
+    "a tab": (b"train:\n\tlr: 1\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_PARAMS)
+def test_a_damaged_params_file_is_one_line(tmp_path, damage):
+    data, expected = DAMAGED_PARAMS[damage]
+    path = tmp_path / "params.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ParamError) as err:
+        load_params(path)
+    one_line(str(err.value), f"{path}: ", expected)
+
+
+YAML_JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_value_anywhere_in_params_is_checked_params_or_one_line_per_problem(tmp_path, data):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    where = data.draw(st.sampled_from(sorted(leaves(params), key=str)))
+    node = params
+    for part in where[:-1]:
+        node = node[part]
+    node[where[-1]] = data.draw(YAML_JUNK)
+    if data.draw(st.booleans()):  # a new key too
+        node[data.draw(st.text(max_size=8))] = data.draw(YAML_JUNK)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    try:
+        load_params(path)
+    except ParamError as exc:
+        first, *rest = str(exc).split("\n")
+        assert first.startswith(f"{path}"), str(exc)
+        assert all(line.startswith("  ") and line.strip() for line in rest), str(exc)
+        assert len(rest) == 0 or first.endswith(f"has {len(rest)} problems:"), str(exc)
+
+
+def test_several_problems_one_line_each(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(lr=-1, epochs=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert str(err.value).splitlines()[1:] == [
+        "  train.epochs: got 0, expected an integer >= 1",
+        "  train.lr: got -1.0, expected a finite number > 0 and <= 10"]
 
 
 # --- sizes that can't train ---------------------------------------------------
