@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ast
 import gzip
+import hashlib
 import os
 import resource
+import signal
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +111,10 @@ class Repo:
         self.run("git", "commit", "-qm", message)
 
 
+def file_md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def make_repo(path: Path, raw_source: Path, params: dict = TINY_PARAMS) -> Repo:
     path.mkdir(parents=True)
     for item in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
@@ -133,6 +140,45 @@ def make_repo(path: Path, raw_source: Path, params: dict = TINY_PARAMS) -> Repo:
     repo.commit("pipeline")
     return repo
 
+
+# --- a pipeline that fails or is interrupted ------------------------------------------
+
+# With 1600 training images, time to interrupt a run mid-way.
+SLOW = {"train": {"epochs": 6, "batch_size": 16}}
+
+
+def assert_clean_failure(proc, *expected: str) -> None:
+    """A non-zero exit whose stderr says each of `expected`, without a traceback."""
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: give `dvc repro` (and so the stage) Ctrl-C as a terminal has it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_repro(repo: Repo) -> subprocess.Popen:
+    """`dvc repro` in a process group of its own (os.killpg signals it as a terminal's Ctrl-C
+    or a CI runner does), its output in proc.stdout."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.path, env=repo.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until `path` exists; fails, with the output, if `proc` ends first."""
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+# --- import maps ------------------------------------------------------------------
 
 def imports(path: Path, root: Path = ROOT) -> set[str]:
     """The project's modules (paths relative to `root`) that `path` imports, followed transitively.

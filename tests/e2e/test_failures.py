@@ -1,5 +1,6 @@
-"""Damaged inputs, a full disk, a read-only folder, signals: one line naming the file, what
-is wrong and what to do; exit 1 (143 on SIGTERM); the previous outputs left whole.
+"""Damaged or missing inputs, a full disk, a read-only folder, a diverging run, signals:
+one line naming the file, what is wrong and what to do; exit 1 (143 on SIGTERM); the
+previous outputs left whole, and the next `dvc repro` completes.
 
 The tests damage a real pipeline's files and run its stage scripts as subprocesses, the
 commands dvc.yaml runs. The readers themselves, on damaged copies, are unit-tested with
@@ -10,20 +11,23 @@ test_params.py, test_io.py).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from helpers import ROOT, TINY_PARAMS, file_size_limit, make_repo, one_line, set_params, write_raw
+from helpers import (
+    ROOT, SLOW, TINY_PARAMS, assert_clean_failure, file_size_limit, make_repo, one_line, set_params, start_repro,
+    wait_for, write_raw,
+)
 from fmnist.io import torch_bytes
 from fmnist.model_file import load_model
 
@@ -145,6 +149,40 @@ def test_a_stage_reading_a_damaged_file_stops_with_one_line(pipeline, path, dama
     assert no_temporaries(pipeline) == []
 
 
+def _corrupt(folder: Path, name: str, data: bytes) -> None:
+    (folder / f"{name}.gz").unlink()
+    (folder / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("train-images-idx3-ubyte", b"", "train-images-idx3-ubyte: the file is empty"),
+    ("train-images-idx3-ubyte", b"\x1f\x8b\x08\x00garbage", "train-images-idx3-ubyte: not a readable gzip file"),
+    ("t10k-labels-idx1-ubyte", (2051).to_bytes(4, "big") + b"\0" * 8, "t10k-labels-idx1-ubyte: wrong magic number 2051"),
+    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (120, 28, 28)) + b"\0" * 100,
+     "t10k-images-idx3-ubyte: truncated"),
+    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (1, 32, 32)) + b"\0" * 1024,
+     "images are 32x32, expected 28x28"),
+    ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (119).to_bytes(4, "big") + b"\0" * 119,
+     "holds 120 images but"),
+    ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (120).to_bytes(4, "big") + b"\x0b" * 120,
+     "t10k-labels-idx1-ubyte: label 11 at position 0, expected 0-9"),
+])
+def test_bad_raw_files_are_named_and_nothing_is_written(repo, tiny_raw, name, data, message):
+    _corrupt(tiny_raw, name, data)
+    proc = repo.dvc("repro", check=False)
+    assert_clean_failure(proc, message)
+    assert not (repo.path / "data/raw").exists()
+    assert not list((repo.path / ".dvc").glob("cache/files/md5/*/*"))
+
+
+def test_missing_file_and_missing_folder(repo, tiny_raw):
+    (tiny_raw / "train-labels-idx1-ubyte.gz").unlink()
+    assert_clean_failure(repo.dvc("repro", check=False), "train-labels-idx1-ubyte: missing")
+    repo.env["FASHION_MNIST_DIR"] = str(tiny_raw / "nowhere")
+    assert_clean_failure(repo.dvc("repro", check=False), "nowhere: no such folder")
+
+
+
 RESUME_DAMAGE = {
     "truncated": (lambda c, data: data[:len(data) // 3], "not a readable torch file, truncated or damaged"),
     "garbage": (lambda c, data: b"garbage" * 1000, "not a torch file (it doesn't start like one)"),
@@ -236,23 +274,24 @@ def test_a_read_only_output_folder_names_the_file(pipeline):
     assert snapshot(pipeline, "models") == before
 
 
+def test_diverging_training_names_epoch_and_batch_and_writes_no_model(repo):
+    set_params(repo.path, {"train": {"lr": 10.0, "label_smoothing": 0.0, "weight_decay": 0.0}})
+    proc = repo.dvc("repro", check=False)
+    assert_clean_failure(proc, "training diverged: the loss became", "at epoch 1, batch")
+    assert not (repo.path / "models/model.pt").exists()
+    assert not (repo.path / "metrics/train.json").exists()
+
+
+
 # --- signals ------------------------------------------------------------------
 
 @pytest.fixture
-def slow_repo(tmp_path):
+def four_epoch_repo(tmp_path):
     """Four epochs of a few seconds each: time to send a signal after the first one."""
     repo = make_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=600),
                      params={**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 4, "batch_size": 8}})
     repo.dvc("repro", "prepare")
     return repo
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.02)
 
 
 def assert_whole(repo) -> None:
@@ -267,31 +306,57 @@ def assert_whole(repo) -> None:
 TERMINATED = "terminated (SIGTERM); outputs are written whole or not at all"
 
 
-def test_sigterm_stops_the_train_stage_like_ctrl_c_and_the_next_repro_completes(slow_repo):
-    checkpoint = slow_repo.path / "models/checkpoint.pt"
+def test_sigterm_stops_the_train_stage_like_ctrl_c_and_the_next_repro_completes(four_epoch_repo):
+    checkpoint = four_epoch_repo.path / "models/checkpoint.pt"
     # Sent to the stage itself.
-    proc = subprocess.Popen(stage_cmd("train"), cwd=slow_repo.path, env=slow_repo.env, text=True,
+    proc = subprocess.Popen(stage_cmd("train"), cwd=four_epoch_repo.path, env=four_epoch_repo.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(checkpoint, proc)
+    wait_for(checkpoint, proc, timeout=300)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, (proc.returncode, out, err)
     assert err.strip() == TERMINATED
-    assert "saved epoch" not in out and not (slow_repo.path / "models/model.pt").exists()
-    assert_whole(slow_repo)
+    assert "saved epoch" not in out and not (four_epoch_repo.path / "models/model.pt").exists()
+    assert_whole(four_epoch_repo)
 
     # Sent to `dvc repro`'s process group, as a CI runner or scheduler cancelling a job
     # does: DVC dies of it (it doesn't pass it on), the stage reports and exits 143.
     checkpoint.unlink()
     dvc = str(Path(sys.executable).parent / "dvc")
-    proc = subprocess.Popen([dvc, "repro"], cwd=slow_repo.path, env=slow_repo.env, text=True,
+    proc = subprocess.Popen([dvc, "repro"], cwd=four_epoch_repo.path, env=four_epoch_repo.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for(checkpoint, proc)
+    wait_for(checkpoint, proc, timeout=300)
     os.killpg(proc.pid, signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and TERMINATED in out and "Traceback" not in out, out
-    assert_whole(slow_repo)
+    assert_whole(four_epoch_repo)
 
+    four_epoch_repo.dvc("repro")
+    assert_whole(four_epoch_repo)
+    assert (four_epoch_repo.path / "models/model.pt").is_file() and (four_epoch_repo.path / "metrics/eval.json").is_file()
+
+
+@pytest.fixture
+def slow_repo(tmp_path):
+    return make_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=1600))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_training_leaves_no_model_and_the_next_repro_completes(slow_repo, sig):
+    """Ctrl-C (SIGINT to the process group) or SIGKILL; the next repro is checked after
+    SIGKILL, the harsher of the two (Ctrl-C's outputs are checked the same way)."""
+    set_params(slow_repo.path, SLOW)
+    proc = start_repro(slow_repo)
+    wait_for(slow_repo.path / "metrics/train.json", proc)  # written after the checkpoint
+    os.killpg(proc.pid, sig)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0, output
+    assert not (slow_repo.path / "models/model.pt").exists()
+    # Per-epoch logs show the epochs the killed run did; they are whole files.
+    assert json.loads((slow_repo.path / "metrics/train.json").read_text())["epoch"] < 6
+    assert no_temporaries(slow_repo) == []
+    if sig == signal.SIGINT:
+        return
     slow_repo.dvc("repro")
-    assert_whole(slow_repo)
-    assert (slow_repo.path / "models/model.pt").is_file() and (slow_repo.path / "metrics/eval.json").is_file()
+    assert (slow_repo.path / "models/model.pt").is_file()
+    assert no_temporaries(slow_repo) == []

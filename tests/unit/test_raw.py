@@ -1,17 +1,20 @@
-"""fmnist/raw.py: IDX parsing and checks, on files the tests write; fuzzed with hypothesis."""
+"""fmnist/raw.py: IDX parsing and checks, on files the tests write (fuzzed with
+hypothesis); the download, from a local HTTP server."""
 
 from __future__ import annotations
 
 import gzip
+import http.server
+import threading
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import idx_bytes, synthetic, write_raw
+from helpers import file_md5, idx_bytes, synthetic, write_raw
 from fmnist.errors import DataError
-from fmnist.raw import check_pair, parse_idx
+from fmnist.raw import check_pair, download, parse_idx
 
 
 def test_reads_the_files_it_is_given(tmp_path):
@@ -81,3 +84,39 @@ def test_fuzzed_headers_with_the_right_magic(n, h, w, tail):
     except DataError:
         return
     assert out.shape == (n, 28, 28) and len(tail) == n * 784
+
+
+# --- the download ---------------------------------------------------------------
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def mirror(tiny_raw):
+    """A local HTTP server on 127.0.0.1 serving the tiny gzipped files."""
+    handler = lambda *a, **kw: _Files(*a, directory=str(tiny_raw), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_md5_and_falls_back_to_the_next_mirror(mirror, tiny_raw, tmp_path):
+    name = "train-labels-idx1-ubyte"
+    good = {f"{name}.gz": file_md5(tiny_raw / f"{name}.gz")}
+    dead = "http://127.0.0.1:9/"  # nothing listens on the discard port
+    data = download(name, tmp_path, [dead, mirror], good)
+    assert gzip.decompress(data)[:4] == (2049).to_bytes(4, "big")
+
+    with pytest.raises(DataError) as err:
+        download(name, tmp_path, [mirror], {f"{name}.gz": "0" * 32})
+    assert f"could not download {name}.gz" in str(err.value) and "MD5" in str(err.value)
+    assert "FASHION_MNIST_DIR" in str(err.value)
+
+    with pytest.raises(DataError) as err:
+        download(name, tmp_path, [dead], good)
+    assert f"{dead}{name}.gz" in str(err.value) and "FASHION_MNIST_DIR" in str(err.value)
