@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
-from helpers import Repo, make_repo, write_raw  # noqa: E402
+from helpers import Repo, make_repo, write_model_file, write_raw  # noqa: E402
 
 # Under pytest-xdist, each worker gets its share of the cores for torch's OpenMP threads,
 # and so do the stages and tools its tests start (they inherit the environment). Two
@@ -43,3 +43,9 @@ def tiny_raw(tmp_path: Path) -> Path:
 @pytest.fixture
 def repo(tmp_path: Path, tiny_raw: Path) -> Repo:
     return make_repo(tmp_path / "repo", tiny_raw)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A cnn trained for a few epochs on generated images, saved as the train stage saves it."""
+    return write_model_file(tmp_path_factory.mktemp("model") / "model.pt")

@@ -1,4 +1,6 @@
-"""Builders the tests share: tiny IDX data, scratch copies of the pipeline, import maps.
+"""Builders the tests share: tiny IDX data, scratch copies of the pipeline, damaged files,
+interrupted runs, torchrun launches, pictures and a tiny model file, import maps. What
+only one test file uses stays in that file.
 
     folder = write_raw(tmp_path / "raw")            # four tiny gzipped IDX files
     repo = make_repo(tmp_path / "repo", folder)     # the pipeline in its own git repo
@@ -13,8 +15,8 @@ import hashlib
 import io
 import os
 import resource
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +28,14 @@ import pytest
 import torch
 import yaml
 from hypothesis import strategies as st
+from PIL import Image
+from torchvision.io import encode_jpeg, encode_png
+
+from fmnist.dataset import CLASSES
+from fmnist.device import to_device_layout
+from fmnist.io import save_torch
+from fmnist.model import build_model
+from fmnist.training import Settings, TrainState, seed_everything, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -261,6 +271,72 @@ def launch(nodes: list, cmd: list[str], tmp_path: Path, *, kill_rank: int | None
             if agent.poll() is None:
                 agent.kill()
     return [f"exit {agent.returncode}\n" + log.read_text() for agent, log in zip(agents, logs)]
+
+
+# --- pictures and a model: unit/test_images.py, test_predict.py, e2e/test_product.py ---
+
+def png(pixels: torch.Tensor) -> bytes:
+    """uint8 (H, W) grey or (3, H, W) colour as PNG bytes."""
+    return encode_png(pixels if pixels.ndim == 3 else pixels[None]).numpy().tobytes()
+
+
+def webp(pixels: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()  # torchvision has no WebP encoder; Pillow has
+    Image.fromarray(pixels.numpy()).save(buffer, format="WEBP", quality=90)
+    return buffer.getvalue()
+
+
+def jpeg(pixels: torch.Tensor) -> bytes:
+    return encode_jpeg(pixels if pixels.ndim == 3 else pixels[None], quality=95).numpy().tobytes()
+
+
+def enlarge(image: torch.Tensor, factor: int = 5, size: tuple[int, int] = (150, 200)) -> torch.Tensor:
+    """`image` scaled up `factor` times and centred on a dark (H, W) = `size` canvas."""
+    big = image.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+    canvas = torch.zeros(size, dtype=torch.uint8)
+    top, left = (size[0] - big.shape[0]) // 2, (size[1] - big.shape[1]) // 2
+    canvas[top:top + big.shape[0], left:left + big.shape[1]] = big
+    return canvas
+
+
+def colour(image: torch.Tensor) -> torch.Tensor:
+    """A tinted RGB version of a grey image (3, H, W)."""
+    return torch.stack([image, (image * 0.9).to(torch.uint8), (image * 0.7).to(torch.uint8)])
+
+
+def write_pictures(folder: Path, n: int = 4, seed: int = 7) -> dict[Path, str]:
+    """n generated garments, each in the four variants; {path: true class name}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = synthetic(n, seed)
+    truth = {}
+    for i, (image, label) in enumerate(zip(torch.from_numpy(images), labels)):
+        pictures = {
+            f"{i}-stored.png": png(image),
+            f"{i}-inverted.webp": webp(255 - image),
+            f"{i}-enlarged.jpg": jpeg(enlarge(image)),
+            f"{i}-colour.png": png(colour(image)),
+        }
+        for name, data in pictures.items():
+            (folder / name).write_bytes(data)
+            truth[folder / name] = CLASSES[label]
+    return truth
+
+
+def write_model_file(path: Path) -> Path:
+    """A cnn trained for a few epochs on generated images, saved as the train stage saves it."""
+    cpu = torch.device("cpu")
+    seed_everything(0)
+    net = build_model("cnn")
+    x, y = (torch.from_numpy(a) for a in synthetic(400, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    state = TrainState(net, to_device_layout(net, cpu), opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), None)
+    settings = Settings(epochs=3, batch_size=32, seed=0, augment=True, shift=0, erase=0.0, label_smoothing=0.1,
+                        device=cpu, dtype=None, progress_bar=False)
+    for epoch in (1, 2, 3):
+        train_epoch(state, x, y.long(), epoch, settings)
+    save_torch(path, {"state_dict": net.state_dict(), "model": "cnn", "classes": list(CLASSES),
+                      "params": {"model": "cnn", "epochs": 3}, "epoch": 3, "val_acc": 0.95, "data_sha256": "ab" * 32})
+    return path
 
 
 # --- import maps ------------------------------------------------------------------
