@@ -1,10 +1,144 @@
-"""End to end: the real dvc.yaml in a temporary git repo, on tiny generated data."""
+"""End to end: the real dvc.yaml in a temporary git repo, on tiny generated data: a repro,
+nothing to do after it, an experiment and the tables users read, a running experiment
+shown as it trains, plain IDX files, two forced runs giving the same bytes."""
 
 from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
 
 import yaml
 
 from helpers import make_repo, set_params, write_raw
+
+
+OUTPUTS = [
+    "data/raw/train-images-idx3-ubyte", "data/raw/t10k-labels-idx1-ubyte",
+    "data/prepared/train.pt", "data/prepared/val.pt", "data/prepared/test.pt",
+    "data/prepared/class_counts.json",
+    "models/model.pt", "models/checkpoint.pt",
+    "metrics/train.json", "metrics/train/metrics.json", "metrics/train/plots/metrics/val/acc.tsv",
+    "metrics/eval.json", "metrics/per_class.csv", "metrics/confusion.csv", "metrics/misclassified.png",
+]
+
+
+def test_repro_then_nothing_to_do_then_an_experiment(repo):
+    out = repo.dvc("repro").stdout
+    for stage in ("download", "prepare", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    for path in OUTPUTS:
+        assert (repo.path / path).is_file(), path
+    metrics = json.loads((repo.path / "metrics/eval.json").read_text())
+    assert set(metrics) == {"test_acc", "test_loss", "test_f1_macro"}
+    assert 0 <= metrics["test_acc"] <= 1 and metrics["test_f1_macro"] > 0 and metrics["test_loss"] > 0
+    per_class = (repo.path / "metrics/per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support" and len(per_class) == 11
+    assert (repo.path / "metrics/misclassified.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((repo.path / "metrics/train.json").read_text())
+    assert summary["epoch"] == 2 and summary["best_epoch"] in (1, 2) and 0 <= summary["best_val_acc"] <= 1
+    repo.commit("first run")
+
+    again = repo.dvc("repro").stdout
+    assert "Running stage" not in again, again
+    assert repo.dvc("status", "--json").stdout.strip() == "{}"
+
+    repo.dvc("exp", "run", "-S", "train.lr=0.02", "-S", "train.epochs=1")
+    exps = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    found = [
+        rev["data"] for entry in exps for exp in (entry.get("experiments") or [])
+        for rev in exp["revs"]
+    ]
+    assert found, exps
+    data = found[0]
+    train_params = data["params"]["params.yaml"]["data"]["train"]
+    assert train_params["lr"] == 0.02 and train_params["epochs"] == 1
+    assert "test_acc" in data["metrics"]["metrics/eval.json"]["data"]
+    assert data["metrics"]["metrics/train.json"]["data"]["epoch"] == 1
+
+    # The tables users read, as a terminal shows them (DVC fits its table to the
+    # terminal's width, folding what doesn't fit into '…'): test accuracy is the first
+    # metric column of `dvc exp show` at 120 columns, with a value on every row, and
+    # `dvc metrics show` fits in 160 columns, whole.
+    lines = in_terminal(repo, 120, "exp", "show", "--no-pager")
+    header = next(line for line in lines if "Experiment" in line)
+    assert header.split()[:3] == ["Experiment", "Created", "test_acc"], lines
+    column = header.index("test_acc")
+    rows = [line for line in lines[lines.index(header) + 1:] if set(line.strip()) != {"─"}]
+    assert len(rows) == 3 and max(len(line) for line in lines) <= 120, lines  # workspace, branch, experiment
+    assert all(0 <= float(row[column:column + len("test_acc")]) <= 1 for row in rows), lines
+    table = in_terminal(repo, 160, "metrics", "show")
+    assert max(len(line) for line in table) <= 160 and "…" not in "".join(table), table
+    assert table[0].split() == ["Path", "best_epoch", "best_val_acc", "epoch", "test_acc", "test_f1_macro",
+                                "test_loss"], table
+
+
+def in_terminal(repo, columns: int, *args: str) -> list[str]:
+    """`dvc *args`'s output lines as a terminal `columns` wide shows them (a pseudo-terminal)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in repo.env.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo.path,
+                            env={**env, "TERM": "xterm"}, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0, out
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())  # colours and cursor codes
+    return [line for line in text.replace("\r", "").splitlines() if line.strip()]
+
+
+def test_a_running_experiment_shows_its_epochs_before_it_ends(tmp_path):
+    """DVCLive and metrics/train.json are written as training goes, so `dvc exp show`
+    (and the VS Code extension, which polls it) shows a run while it trains."""
+    repo = make_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=3000),
+                     params={"data": {"val_size": 60},
+                             "train": {"model": "lenet", "epochs": 6, "batch_size": 16, "device": "cpu"}})
+    repo.dvc("repro", "prepare")
+    repo.commit("prepared")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    proc = subprocess.Popen([dvc, "exp", "run"], cwd=repo.path, env=repo.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    summary, polled, seen_while_running = repo.path / "metrics/train.json", set(), set()
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            # The file is cheap to watch; `dvc exp show` (seconds each) runs once per new epoch.
+            try:
+                epoch = json.loads(summary.read_text())["epoch"]
+            except (OSError, ValueError, KeyError):
+                epoch = None
+            if epoch is not None and epoch < 6 and epoch not in polled:
+                polled.add(epoch)
+                shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+                workspace = shown[0]["data"]["metrics"].get("metrics/train.json", {}).get("data", {})
+                if "epoch" in workspace and proc.poll() is None:
+                    seen_while_running.add(workspace["epoch"])
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert any(epoch < 6 for epoch in seen_while_running), (seen_while_running, output)
+    rows = (repo.path / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 6
 
 
 def lock_hashes(repo) -> dict[str, str]:
