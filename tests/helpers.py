@@ -128,6 +128,16 @@ def file_md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def table_row(markdown: str, first_cell: str) -> list[str]:
+    """The cells of the markdown table row whose first cell is `first_cell`."""
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells[1:]
+    raise AssertionError(f"no table row '{first_cell}' in:\n{markdown}")
+
+
+
 def make_repo(path: Path, raw_source: Path, params: dict = TINY_PARAMS) -> Repo:
     path.mkdir(parents=True)
     for item in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):

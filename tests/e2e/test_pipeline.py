@@ -1,6 +1,7 @@
 """End to end: the real dvc.yaml in a temporary git repo, on tiny generated data: a repro,
 nothing to do after it, an experiment and the tables users read, a running experiment
-shown as it trains, plain IDX files, two forced runs giving the same bytes."""
+shown as it trains, queued experiments, plain IDX files, two forced runs giving the same
+bytes."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from helpers import make_repo, set_params, write_raw
+from helpers import TINY_PARAMS, Repo, make_repo, set_params, write_raw
 
 
 OUTPUTS = [
@@ -139,6 +141,45 @@ def test_a_running_experiment_shows_its_epochs_before_it_ends(tmp_path):
     assert any(epoch < 6 for epoch in seen_while_running), (seen_while_running, output)
     rows = (repo.path / "metrics/train/plots/metrics/val/acc.tsv").read_text().splitlines()
     assert len(rows) == 1 + 6
+
+
+@pytest.fixture
+def reproduced(tmp_path, tiny_raw) -> Repo:
+    """The pipeline reproduced (one epoch) and committed: a clean workspace to queue experiments from."""
+    repo = make_repo(tmp_path / "repo", tiny_raw, params={**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 1}})
+    repo.dvc("repro")
+    repo.commit("results")
+    return repo
+
+
+def queue_states(repo: Repo) -> list[str]:
+    """The Status column of `dvc queue status`, one entry a task."""
+    lines = repo.dvc("queue", "status").stdout.splitlines()
+    return [line.split()[-1] for line in lines[1:] if line.strip() and not line.startswith("Worker")]
+
+
+def test_queued_experiments_run_two_at_a_time_and_leave_the_workspace_alone(reproduced):
+    repo = reproduced
+    params = (repo.path / "params.yaml").read_text()
+    repo.dvc("exp", "run", "--queue", "-S", "train.lr=0.01,0.05")
+    try:
+        repo.dvc("queue", "start", "-j", "2")
+        deadline = time.monotonic() + 300
+        while {"Queued", "Running"} & set(queue_states(repo)):
+            assert time.monotonic() < deadline, repo.dvc("queue", "status").stdout
+            time.sleep(3)
+    finally:
+        repo.dvc("queue", "stop", "--kill", check=False)
+    states = queue_states(repo)
+    assert states == ["Success", "Success"], repo.dvc("queue", "status").stdout
+
+    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    runs = [rev["data"] for entry in shown for exp in (entry.get("experiments") or []) for rev in exp["revs"]]
+    assert sorted(r["params"]["params.yaml"]["data"]["train"]["lr"] for r in runs) == [0.01, 0.05]
+    for run in runs:
+        assert 0 <= run["metrics"]["metrics/eval.json"]["data"]["test_acc"] <= 1
+    assert repo.run("git", "status", "--porcelain").stdout == ""
+    assert (repo.path / "params.yaml").read_text() == params
 
 
 def lock_hashes(repo) -> dict[str, str]:

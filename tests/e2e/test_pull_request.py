@@ -32,7 +32,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import ROOT, Repo, make_repo, set_params, write_raw
+from helpers import ROOT, Repo, make_repo, set_params, table_row, write_raw
 
 WORKFLOW = ".github/workflows/pull-request.yml"
 STANDINS = ROOT / "tests" / "act"
@@ -174,14 +174,6 @@ def pull_request(tmp_path_factory) -> SimpleNamespace:
     remote.rename(root / "dvc-remote-lost")
     second = run_workflow(act, repo, root, "second-push")
     return SimpleNamespace(repo=repo, root=root, first=first, second=second, first_sha=first_sha)
-
-
-def table_row(markdown: str, first_cell: str) -> list[str]:
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] == first_cell:
-            return cells[1:]
-    raise AssertionError(f"no table row '{first_cell}' in:\n{markdown}")
 
 
 def test_a_harmless_pull_request_passes_and_its_comment_shows_the_metrics_diff(pull_request):
