@@ -1,5 +1,5 @@
-"""Fixtures of the whole suite (the builders themselves are in tests/helpers.py), and the
-e2e mark of every test in tests/e2e/."""
+"""Fixtures of the whole suite (the builders themselves are in tests/helpers.py), the
+threads each xdist worker's torch takes, and the e2e mark of every test in tests/e2e/."""
 
 from __future__ import annotations
 
@@ -23,16 +23,21 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.env
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-E2E = Path(__file__).resolve().parent / "e2e"
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything in tests/e2e/ runs DVC, torchrun, act or a stage as a process: mark it
-    e2e here, so that no test there can be left out of the mark by mistake."""
+    e2e here, so that no test there can be left out of the mark by mistake. Everything in
+    tests/unit/ runs in the quick loop (`-m "not e2e"`), so nothing there may carry it."""
     for item in items:
-        if E2E in item.path.parents:
+        if TESTS / "e2e" in item.path.parents:
             item.add_marker(pytest.mark.e2e)
+        elif TESTS / "unit" not in item.path.parents:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit/ or tests/e2e/")
+        elif item.get_closest_marker("e2e"):
+            raise pytest.UsageError(f"{item.nodeid}: marked e2e in tests/unit/; move it to tests/e2e/")
 
 
 @pytest.fixture
