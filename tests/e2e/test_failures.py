@@ -32,6 +32,8 @@ from fmnist.io import torch_bytes
 from fmnist.model_file import load_model
 
 
+# --- the stages, as subprocesses, on a reproduced pipeline -------------------------
+
 def stage_cmd(name: str) -> list[str]:
     """The command dvc.yaml runs for stage `name`, with its vars filled in."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -89,6 +91,8 @@ def pipeline(built):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
+
+# --- a stage fed a damaged file ---------------------------------------------------
 
 DEFAULT_MODEL = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["model"]  # what the stages train
 STAGE_DAMAGE = [
@@ -149,40 +153,6 @@ def test_a_stage_reading_a_damaged_file_stops_with_one_line(pipeline, path, dama
     assert no_temporaries(pipeline) == []
 
 
-def _corrupt(folder: Path, name: str, data: bytes) -> None:
-    (folder / f"{name}.gz").unlink()
-    (folder / name).write_bytes(data)
-
-
-@pytest.mark.parametrize("name, data, message", [
-    ("train-images-idx3-ubyte", b"", "train-images-idx3-ubyte: the file is empty"),
-    ("train-images-idx3-ubyte", b"\x1f\x8b\x08\x00garbage", "train-images-idx3-ubyte: not a readable gzip file"),
-    ("t10k-labels-idx1-ubyte", (2051).to_bytes(4, "big") + b"\0" * 8, "t10k-labels-idx1-ubyte: wrong magic number 2051"),
-    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (120, 28, 28)) + b"\0" * 100,
-     "t10k-images-idx3-ubyte: truncated"),
-    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (1, 32, 32)) + b"\0" * 1024,
-     "images are 32x32, expected 28x28"),
-    ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (119).to_bytes(4, "big") + b"\0" * 119,
-     "holds 120 images but"),
-    ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (120).to_bytes(4, "big") + b"\x0b" * 120,
-     "t10k-labels-idx1-ubyte: label 11 at position 0, expected 0-9"),
-])
-def test_bad_raw_files_are_named_and_nothing_is_written(repo, tiny_raw, name, data, message):
-    _corrupt(tiny_raw, name, data)
-    proc = repo.dvc("repro", check=False)
-    assert_clean_failure(proc, message)
-    assert not (repo.path / "data/raw").exists()
-    assert not list((repo.path / ".dvc").glob("cache/files/md5/*/*"))
-
-
-def test_missing_file_and_missing_folder(repo, tiny_raw):
-    (tiny_raw / "train-labels-idx1-ubyte.gz").unlink()
-    assert_clean_failure(repo.dvc("repro", check=False), "train-labels-idx1-ubyte: missing")
-    repo.env["FASHION_MNIST_DIR"] = str(tiny_raw / "nowhere")
-    assert_clean_failure(repo.dvc("repro", check=False), "nowhere: no such folder")
-
-
-
 RESUME_DAMAGE = {
     "truncated": (lambda c, data: data[:len(data) // 3], "not a readable torch file, truncated or damaged"),
     "garbage": (lambda c, data: b"garbage" * 1000, "not a torch file (it doesn't start like one)"),
@@ -211,6 +181,44 @@ def test_train_resume_with_a_damaged_checkpoint_says_so_and_starts_afresh(pipeli
     load_model(pipeline.path / "models/model.pt")
     assert torch.load(path, weights_only=True)["epoch"] == 2
 
+
+# --- the download stage: damaged or missing source files ----------------------------
+
+def _corrupt(folder: Path, name: str, data: bytes) -> None:
+    (folder / f"{name}.gz").unlink()
+    (folder / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("train-images-idx3-ubyte", b"", "train-images-idx3-ubyte: the file is empty"),
+    ("train-images-idx3-ubyte", b"\x1f\x8b\x08\x00garbage", "train-images-idx3-ubyte: not a readable gzip file"),
+    ("t10k-labels-idx1-ubyte", (2051).to_bytes(4, "big") + b"\0" * 8, "t10k-labels-idx1-ubyte: wrong magic number 2051"),
+    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (120, 28, 28)) + b"\0" * 100,
+     "t10k-images-idx3-ubyte: truncated"),
+    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (1, 32, 32)) + b"\0" * 1024,
+     "images are 32x32, expected 28x28"),
+    ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (119).to_bytes(4, "big") + b"\0" * 119,
+     "holds 120 images but"),
+    ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (120).to_bytes(4, "big") + b"\x0b" * 120,
+     "t10k-labels-idx1-ubyte: label 11 at position 0, expected 0-9"),
+])
+def test_bad_raw_files_are_named_and_nothing_is_written(repo, tiny_raw, name, data, message):
+    _corrupt(tiny_raw, name, data)
+    proc = repo.dvc("repro", check=False)
+    assert_clean_failure(proc, message)
+    assert not (repo.path / "data/raw").exists()
+    assert not list((repo.path / ".dvc").glob("cache/files/md5/*/*"))
+
+
+def test_a_missing_source_file_or_folder_is_named(repo, tiny_raw):
+    (tiny_raw / "train-labels-idx1-ubyte.gz").unlink()
+    assert_clean_failure(repo.dvc("repro", check=False), "train-labels-idx1-ubyte: missing")
+    repo.env["FASHION_MNIST_DIR"] = str(tiny_raw / "nowhere")
+    assert_clean_failure(repo.dvc("repro", check=False), "nowhere: no such folder")
+
+
+
+# --- a full disk, a read-only folder ---------------------------------------------
 
 def drop_file_permission_override():
     """Root writes into read-only folders: drop that power (CAP_DAC_OVERRIDE) for the child."""
@@ -274,6 +282,8 @@ def test_a_read_only_output_folder_names_the_file(pipeline):
     assert snapshot(pipeline, "models") == before
 
 
+# --- a diverging run ----------------------------------------------------------------
+
 def test_diverging_training_names_epoch_and_batch_and_writes_no_model(repo):
     set_params(repo.path, {"train": {"lr": 10.0, "label_smoothing": 0.0, "weight_decay": 0.0}})
     proc = repo.dvc("repro", check=False)
@@ -283,7 +293,7 @@ def test_diverging_training_names_epoch_and_batch_and_writes_no_model(repo):
 
 
 
-# --- signals ------------------------------------------------------------------
+# --- signals ----------------------------------------------------------------------
 
 @pytest.fixture
 def four_epoch_repo(tmp_path):

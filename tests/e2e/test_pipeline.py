@@ -187,7 +187,7 @@ def lock_hashes(repo) -> dict[str, str]:
     return {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
 
 
-def test_plain_uncompressed_files_work_too(tmp_path):
+def test_plain_uncompressed_raw_files_work_too(tmp_path):
     repo = make_repo(tmp_path / "repo", write_raw(tmp_path / "plain", gz=False))
     repo.dvc("repro", "download")
     assert (repo.path / "data/raw/train-images-idx3-ubyte").is_file()
