@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
+if TYPE_CHECKING:
+    from helpers import Repo
 
-from helpers import Repo, make_repo, write_model_file, write_raw  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
 # Under pytest-xdist, each worker gets its share of the cores for torch's OpenMP threads,
 # and so do the stages and tools its tests start (they inherit the environment). Two
@@ -40,17 +42,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(f"{item.nodeid}: marked e2e in tests/unit/; move it to tests/e2e/")
 
 
+# The fixtures import helpers (and so torch) when first used: after OMP_NUM_THREADS is
+# set above, and never in pytest-xdist's controller, which runs no test.
+
 @pytest.fixture
 def tiny_raw(tmp_path: Path) -> Path:
+    from helpers import write_raw
+
     return write_raw(tmp_path / "raw-source")
 
 
 @pytest.fixture
 def repo(tmp_path: Path, tiny_raw: Path) -> Repo:
+    from helpers import make_repo
+
     return make_repo(tmp_path / "repo", tiny_raw)
 
 
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory) -> Path:
     """A cnn trained for a few epochs on generated images, saved as the train stage saves it."""
+    from helpers import write_model_file
+
     return write_model_file(tmp_path_factory.mktemp("model") / "model.pt")
