@@ -66,9 +66,9 @@ def load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return check_split(load_torch(path, hint), str(path))
 
 
-def load_nonempty_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """load_split, refusing a split with no images (nothing to validate or score on)."""
+def load_nonempty_split(path: Path, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """load_split, refusing a split with no images: `role` ("validation", "test") says what they were for."""
     images, labels = load_split(path)
     if len(labels) == 0:
-        raise DataError(f"{path}: holds no images; {PREPARED_HINT}")
+        raise DataError(f"{path}: holds no {role} images; {PREPARED_HINT}")
     return images, labels

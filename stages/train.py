@@ -55,7 +55,7 @@ def main() -> None:
     p = load_params()["train"]
     # Checked here, once, rather than in N processes after a relaunch.
     train_x, train_y = load_split(args.prepared / "train.pt")
-    val_x, val_y = load_nonempty_split(args.prepared / "val.pt")
+    val_x, val_y = load_nonempty_split(args.prepared / "val.pt", "validation")
     world_size = int(os.environ.get("WORLD_SIZE", p["nproc"]))
     # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
     problems = size_problems(len(train_y) + len(val_y), len(val_y), p["batch_size"], world_size,
