@@ -29,7 +29,7 @@ from fmnist.classifier import Classifier, probabilities, top_k
 from fmnist.errors import DataError, run
 from fmnist.images import decode, to_fashion_mnist
 from fmnist.io import md5_hex, read_bytes
-from fmnist.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes
+from fmnist.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes, read_model_bytes
 from fmnist.provenance import first_commit_recording, read_model_bytes_at
 
 BATCH = 256  # pictures per forward pass
@@ -75,7 +75,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
             hint = MODEL_HINT
         else:
             hint = "run the train stage first (dvc repro), or name a model with --model or --rev"
-        data = read_bytes(path, hint)
+        data = read_model_bytes(path, hint)
         name = str(path)
         commit = first_commit_recording(data, path.resolve().parent) if args.info else None
         meaning = ("the oldest commit whose dvc.lock records this file: the code, params and data that made it"
@@ -110,7 +110,7 @@ def read_pictures(files: list[Path]) -> tuple[list[Path], list[torch.Tensor], in
     good, pixels, failed = [], [], 0
     for path in files:
         try:
-            pixels.append(to_fashion_mnist(decode(read_bytes(path, "expected a PNG, JPEG or WebP picture"), str(path))))
+            pixels.append(to_fashion_mnist(decode(read_bytes(path, "expected a PNG, JPEG or WebP picture", 1 << 30, "a picture"), str(path))))
             good.append(path)
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
