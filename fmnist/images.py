@@ -79,7 +79,7 @@ MAX_PROGRESSIVE_PIXELS = MAX_PIXELS // 2
 # whole first: 1 GiB bounds that. A 200 MP camera JPEG is under 100 MB, a 16-bit
 # uncompressed TIFF at 60 MP under 400 MB.
 MAX_FILE_BYTES = 1 << 30
-PICTURE_WHAT = "a picture fmnist-predict reads"
+PICTURE_WHAT = "a picture file"
 # A picture wider or taller than this is brought down to it (by an integer factor, box
 # averaging) before the float work of to_fashion_mnist: 2048 pixels still hold a garment
 # 70 times the 28 pixels it ends up as, and the float copies stay at 16 MB each.

@@ -17,9 +17,10 @@ the others are still classified, and the exit code is 1.
 
 Any number of pictures, in batches of BATCH: a batch is decoded one picture at a time
 (each kept as its 28x28 pixels only), classified and printed before the next is read, so
-memory is that of one decoded picture (bounded by fmnist.images.MAX_PIXELS) plus one
-batch: 256 x 784 bytes of pixels and the net's activations for 256 images (under 30 MB
-for the largest architecture, twice with mirror-averaging), whatever the number of files.
+memory is that of one decoded picture (bounded by fmnist.images.MAX_PIXELS: at most
+about 2.2 GB) plus one batch: 256 x 784 bytes of pixels and the net's activations for
+256 images (about 35 MB for cnn3v2, mirror-averaged: bench/pictures.py), whatever the
+number of files.
 """
 
 from __future__ import annotations
