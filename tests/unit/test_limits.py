@@ -11,6 +11,7 @@ take gigabytes (a decoded 100000 x 100000 picture 40 GB, the bomb's 2 GiB).
 from __future__ import annotations
 
 import gzip
+import http.server
 import io
 import json
 import os
@@ -35,7 +36,7 @@ from fmnist.images import MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS, W
 from fmnist.io import save_torch, torch_bytes
 from fmnist.model import build_model
 from fmnist.model_file import MAX_MODEL_BYTES, load_model, model_from_bytes
-from fmnist.raw import max_file_bytes, parse_idx, read_idx_file, read_raw_split
+from fmnist.raw import download, max_file_bytes, parse_idx, read_idx_file, read_raw_split
 from fmnist.splits import MAX_SPLIT_BYTES, load_split
 from fmnist.training import TrainState
 
@@ -325,16 +326,23 @@ def gzip_bomb(expanded_gib: int = 2) -> bytes:
     return gzip.compress(idx_header(60_000), mtime=0) + zeros * (expanded_gib * 16)
 
 
-def test_a_gzip_bomb_costs_the_download_stage_one_line_and_bounded_memory(tmp_path):
+@pytest.mark.parametrize("liar", ["a gzip bomb", "2^31 images"])
+def test_a_gzip_bomb_or_a_huge_header_costs_the_download_stage_one_line_and_bounded_memory(liar, tmp_path):
     source = write_raw(tmp_path / "source", n_train=20, n_test=10)
-    bomb = gzip_bomb()
-    assert len(bomb) < 10_000_000  # deflate expands at most about 1,000 times
-    (source / "train-images-idx3-ubyte.gz").write_bytes(bomb)
+    path = source / "train-images-idx3-ubyte.gz"
+    if liar == "a gzip bomb":
+        bomb = gzip_bomb()
+        assert len(bomb) < 10_000_000  # deflate expands at most about 1,000 times
+        path.write_bytes(bomb)
+        expected = (f"error: {path}: too long: the header announces 60000x28x28 values (47040016 bytes with the "
+                    f"header) but the file holds more; not read further")
+    else:
+        path.write_bytes(gzip.compress(idx_header(2 ** 31) + bytes(1000), mtime=0))
+        expected = (f"error: {path}: the header announces 2,147,483,648 images, more than Fashion-MNIST holds "
+                    f"(70,000 in all); not read further")
     code, out, err, peak = run_measured(str(ROOT / "stages/download.py"), [str(tmp_path / "out")], cwd=tmp_path,
                                         env={"FASHION_MNIST_DIR": str(source)})
-    assert code == 1 and lines(err) == [
-        f"error: {source / 'train-images-idx3-ubyte.gz'}: too long: the header announces 60000x28x28 values "
-        f"(47040016 bytes with the header) but the file holds more; not read further"], err
+    assert code == 1 and lines(err) == [expected], err
     assert not (tmp_path / "out").exists()
     assert peak < PEAK_BOUND, f"peak {peak / 1e6:.0f} MB"
 
@@ -370,6 +378,37 @@ def test_a_pipe_fed_forever_as_a_raw_file_costs_one_line(feed, tmp_path):
         read_idx_file(fifo, "labels", "hint")
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """A mirror that answers every request with zeros, forever."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client hung up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_mirror_sending_forever_is_cut_off_at_the_file_bound(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    mirror = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with pytest.raises(DataError, match=f"could not download train-labels-idx1-ubyte.gz: {mirror}"
+                                            r"train-labels-idx1-ubyte.gz: more than 135,614 bytes, larger than the "
+                                            r"file can be; not read further\. To work offline"):
+            download("train-labels-idx1-ubyte", tmp_path, [mirror], {"train-labels-idx1-ubyte.gz": "0" * 32})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(tmp_path.iterdir()) == []  # the partial download is gone
 
 
 def test_dev_zero_named_as_a_raw_file_costs_one_line(tmp_path):
