@@ -41,7 +41,7 @@ import re
 import sys
 import tempfile
 import warnings
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -119,17 +119,15 @@ def decode(data: bytes | BinaryIO, name: str) -> torch.Tensor:
                 return _decode(im, name)
         except DataError:
             raise
-        except Image.DecompressionBombError as exc:  # Pillow's own check, at our limit (see _quiet)
-            raise too_many_pixels(name, _pillow_count(exc)) from None
-        except Image.DecompressionBombWarning as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's, at our limit
             raise too_many_pixels(name, _pillow_count(exc)) from None
         except UnidentifiedImageError:
             raise DataError(f"{name}: not a readable {FORMAT_NAMES} picture "
                             f"(none of their decoders recognises it: another format, or a damaged header)") from None
         except Exception as exc:  # noqa: BLE001 - Pillow's decoders report damage with many exception types
-            reason = one_line(exc, 200)
-            if said:  # the C decoder's own words (libjpeg's "Premature end of JPEG file") say more
-                reason = f"{reason}: {'; '.join(said)[:200]}"
+            reason, words = one_line(exc, 200), said()
+            if words:  # the C decoder's own words (libjpeg's "Corrupt JPEG data: ...") say more
+                reason = f"{reason}: {'; '.join(words)[:200]}"
             raise DataError(f"{name}: not a readable {FORMAT_NAMES} picture ({reason})") from None
 
 
@@ -208,15 +206,19 @@ def _grey_strip(im: Image.Image, mode: str) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[list[str]]:
+def _quiet() -> Iterator[Callable[[], list[str]]]:
     """Decode under our limits and in silence: Pillow's pixel limit set to MAX_PIXELS (its
     DecompressionBombWarning an error), its other warnings dropped, and what the C
-    decoders print on stderr collected into the yielded list."""
-    said: list[str] = []
+    decoders print on stderr kept aside; the yielded function returns those lines so far."""
     saved_limit = Image.MAX_IMAGE_PIXELS
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        def said() -> list[str]:
+            sink.seek(0)
+            text = sink.read(4000).decode(errors="replace")
+            return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -227,9 +229,6 @@ def _quiet() -> Iterator[list[str]]:
             os.dup2(saved, 2)
             os.close(saved)
             Image.MAX_IMAGE_PIXELS = saved_limit
-            sink.seek(0)
-            text = sink.read(4000).decode(errors="replace")
-            said.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
 
 
 def ground_level(image: torch.Tensor) -> float:
