@@ -17,7 +17,9 @@ One torch file (weights_only loadable: no code runs from it) holding a dict:
 | data_sha256 | sha256 of the training images and labels |
 
 The evaluate and export stages, `fmnist-predict` and `make compare` read it through
-`load_model` / `model_from_bytes`, which check every key before a net is built.
+`load_model` / `model_from_bytes`, which check every key before a net is built; a file
+larger than MAX_MODEL_BYTES (what the largest architecture's file can be) is refused
+before it is read.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ from fmnist.model import ARCHITECTURES, build_model, weights_problem
 MODEL_FILE = "models/model.pt"  # where the train stage writes it (dvc.yaml: vars.model)
 MODEL_HINT = "re-create it with `dvc repro --force train` (or `dvc checkout` to restore the cached one)"
 REQUIRED = ("state_dict", "model", "classes")
+MODEL_WHAT = "a model file of this project"
+
+
+def weights_bytes(name: str) -> int:
+    """The bytes of architecture `name`'s state_dict (its tensors' data), built on the meta device: no memory."""
+    with torch.device("meta"):
+        net = build_model(name, len(CLASSES))
+    return sum(t.numel() * t.element_size() for t in net.state_dict().values())
+
+
+# A model file is one state_dict (the largest of ARCHITECTURES: cnn's 862,072 bytes)
+# plus a few kilobytes of names, params and zip records (7 KB measured); 1 MiB more is
+# room for any params. A model file is not read, nor its records inflated, past this.
+MAX_MODEL_BYTES = max(map(weights_bytes, ARCHITECTURES)) + (1 << 20)
 
 
 def save_model(path: Path, state_dict: dict, *, params: dict, epoch: int, val_acc: float, data_sha256: str) -> None:
@@ -71,14 +87,19 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
 
 
 def model_from_bytes(data: bytes, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.Module, dict]:
-    """A model file's bytes (read from disk, or by DVC at a revision) as (net in eval mode, its dict)."""
-    return check_model(torch_from_bytes(data, name, hint), name, hint)
+    """A model file's bytes (read with read_model_bytes, or by DVC at a revision) as (net in eval mode, its dict)."""
+    return check_model(torch_from_bytes(data, name, hint, MAX_MODEL_BYTES, MODEL_WHAT), name, hint)
+
+
+def read_model_bytes(path: Path, hint: str = MODEL_HINT) -> bytes:
+    """A model file's bytes, refused unread when it is larger than MAX_MODEL_BYTES."""
+    return read_bytes(path, hint, MAX_MODEL_BYTES, MODEL_WHAT)
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
     """models/model.pt as the train stage wrote it: (net in eval mode, the file's dict)."""
     hint = "run the train stage first (dvc repro)" if not path.exists() else MODEL_HINT
-    return model_from_bytes(read_bytes(path, hint), str(path), hint)
+    return model_from_bytes(read_model_bytes(path, hint), str(path), hint)
 
 
 def card(record: dict) -> dict:

@@ -29,7 +29,6 @@ import torch
 import yaml
 from hypothesis import strategies as st
 from PIL import Image
-from torchvision.io import encode_jpeg, encode_png
 
 from fmnist.dataset import CLASSES
 from fmnist.device import to_device_layout
@@ -285,19 +284,24 @@ def launch(nodes: list, cmd: list[str], tmp_path: Path, *, kill_rank: int | None
 
 # --- pictures and a model: unit/test_images.py, test_predict.py, e2e/test_product.py ---
 
-def png(pixels: torch.Tensor) -> bytes:
-    """uint8 (H, W) grey or (3, H, W) colour as PNG bytes."""
-    return encode_png(pixels if pixels.ndim == 3 else pixels[None]).numpy().tobytes()
-
-
-def webp(pixels: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()  # torchvision has no WebP encoder; Pillow has
-    Image.fromarray(pixels.numpy()).save(buffer, format="WEBP", quality=90)
+def encode(pixels: torch.Tensor, kind: str, **options) -> bytes:
+    """uint8 (H, W) grey or (3, H, W) colour pixels as a picture file's bytes (Pillow)."""
+    array = (pixels if pixels.ndim == 2 else pixels.permute(1, 2, 0)).contiguous().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=kind, **options)
     return buffer.getvalue()
 
 
+def png(pixels: torch.Tensor) -> bytes:
+    return encode(pixels, "PNG")
+
+
+def webp(pixels: torch.Tensor) -> bytes:
+    return encode(pixels, "WEBP", quality=90)
+
+
 def jpeg(pixels: torch.Tensor) -> bytes:
-    return encode_jpeg(pixels if pixels.ndim == 3 else pixels[None], quality=95).numpy().tobytes()
+    return encode(pixels, "JPEG", quality=95)
 
 
 def enlarge(image: torch.Tensor, factor: int = 5, size: tuple[int, int] = (150, 200)) -> torch.Tensor:

@@ -60,8 +60,8 @@ def test_transparency_lies_on_white_and_a_blank_picture_is_all_ground():
 
 @pytest.mark.parametrize("data, message", [
     (b"", "the file is empty"),
-    (b"GIF89a... not really", "not a readable PNG, JPEG or WebP picture"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a readable PNG, JPEG or WebP picture"),
+    (b"GIF89a... not really", "not a readable PNG, JPEG, WebP, GIF, BMP or TIFF picture"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a readable PNG, JPEG, WebP, GIF, BMP or TIFF picture"),
 ])
 def test_bad_pictures_are_a_data_error_naming_the_file(data, message):
     with pytest.raises(DataError, match=message) as error:
