@@ -162,6 +162,18 @@ def test_runtime_versions_follows_what_the_stage_packages_need_and_nothing_else(
         lock.stage_versions(SAMPLE, roots=("numpy", "onnx"))
 
 
+def test_the_tests_workflow_installs_the_lock_and_runs_the_unit_tests_on_macos_too():
+    jobs = yaml.safe_load((ROOT / ".github/workflows/test.yml").read_text())["jobs"]
+    for job in jobs.values():
+        runs = "\n".join(step.get("run", "") for step in job["steps"])
+        assert "make test" in runs or "make .venv/.installed-test" in runs  # the Makefile installs the lock
+        setup = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/setup-python"))
+        assert setup["with"]["cache-dependency-path"] == str(lock.TEST_LOCK)
+    macos = [job for job in jobs.values() if job["runs-on"].startswith("macos")]
+    assert len(macos) == 1
+    assert '.venv/bin/python -m pytest -m "not e2e"' in "\n".join(step.get("run", "") for step in macos[0]["steps"])
+
+
 # --- fmnist.environment -----------------------------------------------------------
 
 def test_read_lock_takes_each_pin_with_its_marker_and_drops_hashes_and_comments(tmp_path):
