@@ -127,18 +127,25 @@ def _third_party_imports(path: Path) -> set[str]:
     return {top for top in tops if top not in sys.stdlib_module_names and top not in ("fmnist", "stages")}
 
 
+def _distributions_of(module: str, known: dict[str, list[str]]) -> list[str]:
+    """The distributions that install top-level `module`. Python 3.10's packages_distributions()
+    misses those without top_level.txt (scikit-learn's): their RECORD files tell."""
+    return known.get(module) or [dist.metadata["Name"] for dist in metadata.distributions()
+                                 if re.search(rf"(?m)^{re.escape(module)}[/.]", dist.read_text("RECORD") or "")]
+
+
 def test_runtime_versions_holds_every_package_the_stages_import():
     """dvc.yaml lists each stage's modules (tests/test_pipeline.py checks that); the packages they
     import must be in the file those stages depend on, or a new release of one would go unseen."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     versions = {name for name, _, _ in environment.read_lock(VERSIONS)}
-    dists = metadata.packages_distributions()
+    known = metadata.packages_distributions()
     for name, stage in stages.items():
         if "${runtime_versions}" not in stage["deps"]:
             continue
         for dep in (d for d in stage["deps"] if d.endswith(".py")):
             for module in _third_party_imports(ROOT / dep):
-                for dist in dists.get(module, [module]):
+                for dist in _distributions_of(module, known) or [module]:
                     assert environment.canonical(dist) in versions, \
                         f"{dep} (stage {name}) imports {module}; add {dist} to STAGE_PACKAGES in scripts/lock.py"
 
