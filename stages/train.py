@@ -10,6 +10,11 @@ which `train.resume: true` continues an interrupted run. At the end the weights 
 epoch with the best validation accuracy go to MODEL, with the params, class names and
 data hash they were trained with.
 
+When the file named by FMNIST_STOP_FILE appears (a sweep pruning this trial), a
+one-process run stops at its next check, drops the epoch under way and ends as if that
+were the last: the model, summary (with "stopped_early": true) and curves of the epochs
+it did.
+
 With `train.nproc: N` (N > 1) the script relaunches itself under torchrun as N
 processes with DistributedDataParallel; it can also be launched so directly:
 
@@ -98,6 +103,10 @@ def summary(progress: Progress) -> dict:
     return {"epoch": progress.epoch, "best_epoch": progress.best["epoch"], "best_val_acc": progress.best["val_acc"]}
 
 
+class StopRequested(Exception):
+    """FMNIST_STOP_FILE exists: a sweep asks this run to end with the epochs it has done."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prepared", type=Path)
@@ -156,7 +165,10 @@ def main() -> None:
             for row in (progress.history if progress else []):  # epochs a resumed run did before
                 log_row(live, row)
 
+    done: list[Progress] = []  # the progress of the last whole epoch, for a run stopped on request
+
     def on_epoch(progress: Progress, seconds: float) -> None:
+        done[:] = [progress]
         row = progress.history[-1]
         # The checkpoint first: when it can't be written, the summary still tells the truth.
         save_torch(args.checkpoint, checkpoint_state(progress, key, net, optimizer, scheduler, ema))
@@ -166,9 +178,20 @@ def main() -> None:
         print(f"epoch {progress.epoch}/{p['epochs']}: train loss {row['train/loss']:.4f} acc {row['train/acc']:.4f} "
               f"| val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f} | {seconds:.1f} s", flush=True)
 
+    stop_file = os.environ.get("FMNIST_STOP_FILE")
+
+    def on_step(epoch: int, batches: int) -> None:
+        if done and os.path.exists(stop_file):
+            raise StopRequested()
+
+    stopped = False
     try:
         progress = fit(p, net, model, optimizer, scheduler, train, val, device=device, dtype=dtype, world=world,
-                       progress=progress, on_epoch=on_epoch, ema=ema)
+                       progress=progress, on_epoch=on_epoch, ema=ema,
+                       on_step=on_step if stop_file and world.world == 1 else None)  # ranks would have to agree
+    except StopRequested:
+        progress, stopped = done[0], True
+        print(f"stopped after epoch {progress.epoch} of {p['epochs']}: {stop_file} asks for it", flush=True)
     except RuntimeError as exc:
         # A peer that died shows here as a Gloo or NCCL transport error, not as a bug.
         if world.world == 1 or isinstance(exc, PipelineError) or not (
@@ -186,7 +209,7 @@ def main() -> None:
             "state_dict": progress.best["state_dict"], "model": p["model"], "classes": list(CLASSES),
             "params": p, "epoch": progress.best["epoch"], "val_acc": progress.best["val_acc"],
             "data_sha256": key["data_sha256"]})
-        write_json(args.summary, summary(progress))
+        write_json(args.summary, {**summary(progress), "stopped_early": True} if stopped else summary(progress))
         print(f"saved epoch {progress.best['epoch']} (val acc {progress.best['val_acc']:.4f}) to {args.model}")
     if world.world > 1:
         dist.destroy_process_group()
