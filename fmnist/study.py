@@ -27,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import re
 import socket
 import threading
+import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -76,11 +78,18 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text[0].split())[:200] if text else type(orig).__name__
 
 
+def storage_url(url: str) -> str:
+    """`url` with PostgreSQL's driver named: psycopg (3), a dependency, whatever SQLAlchemy's
+    default for a bare postgresql:// is (psycopg2 before SQLAlchemy 2.1, psycopg after)."""
+    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+
+
 def open_storage(url: str) -> RDBStorage:
     """Optuna's RDB storage at `url` (SQLite or PostgreSQL), connected and with its tables."""
     shown = shown_url(url)
+    url = storage_url(url)
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in ("sqlite", "postgresql", "postgresql+psycopg2"):
+    if scheme not in ("sqlite", "postgresql+psycopg", "postgresql+psycopg2"):
         raise ParamError(f"--storage {shown}: expected sqlite:///PATH or postgresql://USER@HOST[:PORT]/DATABASE "
                          f"(starting trials is locked in the database, which the sweep does for these two)")
     path = _sqlite_path(url)
@@ -92,16 +101,22 @@ def open_storage(url: str) -> RDBStorage:
         engine = {"connect_args": {"timeout": 60}}  # threads and processes take turns writing
     else:
         engine = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeats outside Study.optimize: we record them ourselves
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
-                              grace_period=GRACE_SECONDS)
-    except ModuleNotFoundError as exc:
-        raise ParamError(f"--storage {shown}: needs the Python package of its driver ({exc.name}); "
-                         f"pip install psycopg2-binary") from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors have no common base
-        raise ParamError(f"--storage {shown}: can't be reached: {_reason(exc)}") from None
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeats outside Study.optimize: we record them ourselves
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+                                  grace_period=GRACE_SECONDS)
+        except ImportError as exc:  # Optuna's, when SQLAlchemy finds no driver
+            missing = getattr(exc.__cause__, "name", None) or "its driver"
+            raise ParamError(f"--storage {shown}: needs the Python package {missing}; pip install it") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors have no common base
+            reason = _reason(exc)
+            # Workers that start together on a new database race to create Optuna's tables.
+            if attempt < 3 and ("duplicate key" in reason or "already exists" in reason):
+                time.sleep(0.5 + random.random())
+                continue
+            raise ParamError(f"--storage {shown}: can't be reached: {reason}") from None
 
 
 class StudyLock:
@@ -167,9 +182,9 @@ def open_study(storage: RDBStorage, name: str, sampler, pruner, lock: StudyLock,
             on_create(study)
             study.set_user_attr(STUDY_ATTR, shared)
             return study, shared
-    for key, what in (("space", "the search space (--space)"), ("fixed", "the -S params")):
+    for key, what in (("space", "another search space (--space)"), ("fixed", "other -S params")):
         if began.get(key) != shared.get(key):
-            raise ParamError(f"--study {name}: {what} differs from the one the study began with "
+            raise ParamError(f"--study {name} began with {what} "
                              f"({_difference(began.get(key), shared.get(key))}); a study keeps them: "
                              f"give the same, or start another with --study NAME")
     return study, began

@@ -410,12 +410,14 @@ def cli(argv: list[str] | None = None) -> int:
     import optuna
 
     from fmnist.search_space import SPACE_FILE, inside, load_space, parse_fixed, with_fixed
-    from fmnist.study import DEFAULTS, StudyLock, default_storage_url, open_storage, open_study, shown_url
+    from fmnist.study import (
+        DEFAULTS, StudyLock, default_storage_url, fail_lost_trials, open_storage, open_study, shown_url, storage_url,
+    )
     from fmnist.trial_workspace import Workspace, dvc_command, run_quiet
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = repo_root()
-    url = args.storage or default_storage_url(root)
+    url = storage_url(args.storage or default_storage_url(root))
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"  # relative to where the command runs
     storage = open_storage(url)
@@ -474,8 +476,10 @@ def cli(argv: list[str] | None = None) -> int:
           f"watch it live: optuna-dashboard {shown_url(url)}", flush=True)
     workspaces = []
     sweep = Sweep(args, root, storage, url, study, lock, config, shared, fixed, base, workspaces, env, push)
+    for number in fail_lost_trials(study, storage, sweep.me):
+        print(f"trial {number}: its sweep was killed in the middle of it; it will be run again", flush=True)
     to_start, elsewhere = remaining(sweep)
-    if to_start:
+    if to_start or elsewhere:  # trials running elsewhere may be lost, and re-run here
         cache_dir = run_quiet([dvc_command(), "cache", "dir"], root, "dvc cache dir", env).strip()
         workspaces += Workspace.take(root, args.jobs)
         for ws in workspaces:

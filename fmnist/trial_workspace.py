@@ -204,6 +204,10 @@ class Workspace:
         else:  # the repository may have new commits since the copy was made
             run_quiet(["git", "fetch", "--quiet", "origin"], self.path, what)
         run_quiet(["git", "checkout", "--quiet", "--force", "--detach", baseline], self.path, what)
+        # No DVC process runs here now (this process holds the workspace, leftovers are ended):
+        # the lock files of one that was killed, perhaps while writing them, can go.
+        for name in ("lock", "rwlock"):
+            (self.path / ".dvc" / "tmp" / name).unlink(missing_ok=True)
         run_quiet([dvc_command(), "config", "--local", "cache.dir", cache_dir], self.path, what, env)
         self.stop_file.unlink(missing_ok=True)
         log.parent.mkdir(parents=True, exist_ok=True)
