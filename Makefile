@@ -2,6 +2,7 @@
 #   make repro   set up .venv on first use, then run the whole pipeline (dvc repro)
 #   make test    set up .venv with the test extra on first use, then run the tests
 #   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
+#   make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   a hyperparameter search (docs/sweep.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -11,8 +12,12 @@ RUN    := PATH="$(BIN):$$PATH"
 BASE   ?= main
 # A CI run whose artifact holds the report's PNGs: `make compare` links it (pull-request.yml).
 RUN_URL ?=
+# `make sweep`: trials the study should have in all, trials at once, more fmnist-sweep arguments.
+TRIALS ?= 20
+JOBS   ?= 1
+ARGS   ?=
 
-.PHONY: repro test compare bench help
+.PHONY: repro test compare bench sweep help
 .DEFAULT_GOAL := help
 
 help:
@@ -20,6 +25,7 @@ help:
 	@echo "make test    run the test suite (creates .venv on first use)"
 	@echo "make bench   tutorial's training vs this project's: reports/bench.md"
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
+	@echo "make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   hyperparameter search, every trial a DVC experiment (docs/sweep.md)"
 
 # The pinned dependencies are in pyproject.toml; editing it re-runs the install.
 $(VENV)/.installed: pyproject.toml
@@ -50,3 +56,7 @@ bench: $(VENV)/.installed
 
 compare: $(VENV)/.installed
 	$(RUN) python scripts/compare.py --base $(BASE) $(if $(RUN_URL),--run-url "$(RUN_URL)")
+
+# Every trial is a DVC experiment; the same command again continues the study (docs/sweep.md).
+sweep: $(VENV)/.installed
+	$(RUN) fmnist-sweep --trials $(TRIALS) --jobs $(JOBS) $(ARGS)

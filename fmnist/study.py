@@ -182,7 +182,8 @@ def open_study(storage: RDBStorage, name: str, sampler, pruner, lock: StudyLock,
             on_create(study)
             study.set_user_attr(STUDY_ATTR, shared)
             return study, shared
-    for key, what in (("space", "another search space (--space)"), ("fixed", "other -S params")):
+    for key, what in (("space", "another search space (--space: its space, sampler or pruner)"),
+                      ("fixed", "other -S params")):
         if began.get(key) != shared.get(key):
             raise ParamError(f"--study {name} began with {what} "
                              f"({_difference(began.get(key), shared.get(key))}); a study keeps them: "

@@ -472,7 +472,8 @@ def cli(argv: list[str] | None = None) -> int:
         if changed:
             print(f"warning: uncommitted changes ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}) "
                   f"are not part of the trials: they run on the commit", flush=True)
-    print(f"objective: maximise validation accuracy ({OBJECTIVE}); {args.jobs} job(s), {share} thread(s) each; "
+    crowded = f" (more jobs than the {cores()} cores: they share them)" if args.jobs > cores() else ""
+    print(f"objective: maximise validation accuracy ({OBJECTIVE}); {args.jobs} job(s), {share} thread(s) each{crowded}; "
           f"watch it live: optuna-dashboard {shown_url(url)}", flush=True)
     workspaces = []
     sweep = Sweep(args, root, storage, url, study, lock, config, shared, fixed, base, workspaces, env, push)
