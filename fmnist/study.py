@@ -256,10 +256,33 @@ def fail_lost_trials(study: optuna.Study, storage: RDBStorage, me: Worker) -> li
             except RuntimeError:  # another worker got there first: the trial is finished already
                 continue
             failed.append(t.number)
+        elif t.user_attrs.get(WORKER) == me.as_dict():  # ours: fresh, even after this machine slept
+            storage.record_heartbeat(t._trial_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
     return failed
+
+
+@contextlib.contextmanager
+def heartbeats(storage: RDBStorage, trial_id: int):
+    """Record the trial's heartbeat every HEARTBEAT_SECONDS while the block runs (its run,
+    and pushing its experiment), so no other worker takes it for lost."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            with contextlib.suppress(Exception):  # a storage that hiccups: the next beat may pass
+                storage.record_heartbeat(trial_id)
+            done.wait(HEARTBEAT_SECONDS)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def rerun_attrs(t: FrozenTrial) -> dict:

@@ -154,10 +154,11 @@ class TrialRun(threading.Thread):
     def run(self) -> None:
         from optuna.trial import TrialState
 
-        from fmnist.study import FAILURE
+        from fmnist.study import FAILURE, heartbeats
 
         try:
-            self._run()
+            with heartbeats(self.sweep.storage, self.trial._trial_id):
+                self._run()
         except Exception as exc:  # noqa: BLE001 - storage or git trouble: this trial fails, the sweep goes on
             reason = f"{type(exc).__name__ if not isinstance(exc, PipelineError) else 'error'}: " \
                      f"{' '.join(str(exc).split())[:300]}"
@@ -184,7 +185,7 @@ class TrialRun(threading.Thread):
         epochs = with_fixed(sweep.base, params)["train"]["epochs"]
         log = sweep.out / "logs" / f"{name}.log"
         run_ = self.ws.start(name, overrides(params), sweep.env, log, sweep.baseline)
-        started, seen, pruned_at, beat, signalled = time.monotonic(), 0, None, 0.0, None
+        started, seen, pruned_at, signalled = time.monotonic(), 0, None, None
         while True:
             code = run_.poll()
             accs = run_.epochs()
@@ -199,16 +200,13 @@ class TrialRun(threading.Thread):
             if code is not None:
                 break
             now = time.monotonic()
-            if now - beat >= 10:
-                sweep.storage.record_heartbeat(trial._trial_id)
-                beat = now
             if sweep.stopping.is_set():
                 if signalled is None:
                     run_.signal(signal.SIGINT)  # as Ctrl-C in a terminal: the stage ends in one line
                     signalled = now
                 elif now - signalled > STOP_GRACE_SECONDS:
                     run_.signal(signal.SIGKILL)
-            time.sleep(0.5)
+            time.sleep(0.25)  # an epoch line is acted on within a fraction of a second
         seconds = time.monotonic() - started
         trial.set_user_attr("seconds", round(seconds, 1))
         if code != 0 and sweep.stopping.is_set():
@@ -417,10 +415,11 @@ def cli(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = repo_root()
-    url = storage_url(args.storage or default_storage_url(root))
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        url = f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"  # relative to where the command runs
-    storage = open_storage(url)
+    given = args.storage or default_storage_url(root)
+    if given.startswith("sqlite:///") and not given.startswith("sqlite:////"):
+        given = f"sqlite:///{Path(given[len('sqlite:///'):]).resolve()}"  # relative to where the command runs
+    storage = open_storage(given)
+    url = storage_url(given)
     shared_storage = not url.startswith("sqlite")
     before = None
     if args.study in optuna.study.get_all_study_names(storage):
@@ -463,7 +462,7 @@ def cli(argv: list[str] | None = None) -> int:
     push = None if args.no_push else (args.push or ("origin" if shared_storage else None))
     share = max(1, cores() // args.jobs)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
-    print(f"study '{args.study}' in {shown_url(url)}: {args.trials} trial(s) of {space_file} "
+    print(f"study '{args.study}' in {shown_url(given)}: {args.trials} trial(s) of {space_file} "
           f"on commit {baseline[:12]}" + (f" (HEAD is {head[:12]})" if head != baseline else "")
           + (f", with {' '.join(f'-S {k}={v}' for k, v in fixed.items())}" if fixed else ""), flush=True)
     if head == baseline:
