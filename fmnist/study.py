@@ -177,9 +177,11 @@ def open_study(storage: RDBStorage, name: str, sampler, pruner, lock: StudyLock,
             raise ParamError(f"--study {name}: that study minimises its objective; it is not a sweep's")
         began = study.user_attrs.get(STUDY_ATTR)
         if began is None:
-            if study.get_trials(deepcopy=False):
+            # (A sweep killed while it created the study may have left the defaults' trial alone.)
+            if any(not t.user_attrs.get(DEFAULTS) for t in study.get_trials(deepcopy=False)):
                 raise ParamError(f"--study {name}: that study was not made by fmnist-sweep; name another")
-            on_create(study)
+            if not study.get_trials(deepcopy=False):
+                on_create(study)
             study.set_user_attr(STUDY_ATTR, shared)
             return study, shared
     for key, what in (("space", "another search space (--space: its space, sampler or pruner)"),

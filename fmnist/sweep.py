@@ -446,13 +446,14 @@ def cli(argv: list[str] | None = None) -> int:
                                              n_warmup_steps=config.prune_min_epochs)
     lock = StudyLock(storage, url, args.study)
 
-    def on_create(study: optuna.Study) -> None:
-        taken = existing_names(root, baseline, args.study)
-        if taken:
-            raise ParamError(f"--study {args.study}: this commit already has experiments of that name "
-                             f"({', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}), from a study whose "
-                             f"storage is gone: name another study, or remove them with "
-                             f"`dvc exp remove {' '.join(taken[:3])}`")
+    taken = [] if before else existing_names(root, baseline, args.study)
+    if taken:
+        raise ParamError(f"--study {args.study}: this commit already has experiments of that name "
+                         f"({', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}), from a study whose "
+                         f"storage is gone: name another study, or remove them with "
+                         f"`dvc exp remove {' '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}`")
+
+    def on_create(study: optuna.Study) -> None:  # the first trial: params.yaml's own values
         defaults = with_fixed(base, fixed)
         values = {name: defaults[name.split(".")[0]][name.split(".", 1)[1]] for name in config.distributions}
         if all(inside(d, values[name]) for name, d in config.distributions.items()):

@@ -258,3 +258,16 @@ def test_the_command_refuses_bad_input_in_one_line(sweep_repo, capsys, space_tex
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err.count("\n") == 1 and err.startswith(expected), err
     assert not (sweep_repo.path / ".dvc/tmp/sweep/workspaces").exists()  # refused before any work
+
+
+def test_a_new_study_refuses_the_names_of_experiments_left_by_a_lost_one(sweep_repo, capsys):
+    from fmnist.sweep import cli
+
+    head = sweep_repo.run("git", "rev-parse", "HEAD").stdout.strip()
+    sweep_repo.run("git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/sweep-0", head)
+    with pytest.raises(SystemExit) as exit_:
+        run(lambda: cli(["--trials", "1"]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: --study sweep: this commit already has experiments of that name (sweep-0)")
+    assert "`dvc exp remove sweep-0`" in err
