@@ -27,10 +27,20 @@ import time
 import warnings
 from pathlib import Path
 
+import optuna
 import yaml
+from optuna.trial import TrialState
 
 from fmnist.errors import ParamError, PipelineError, Terminated, run
+from fmnist.files import write_text
 from fmnist.params import check_params
+from fmnist.search_space import SPACE_FILE, inside, load_space, override_value, overrides, parse_fixed, with_fixed
+from fmnist.study import (
+    DEFAULTS, EXPERIMENT, FAILURE, INTERRUPTED, LOG, RERUN_OF, WORKER, StudyLock, Worker, default_storage_url,
+    fail_lost_trials, heartbeats, open_storage, open_study, plan_trials, rerun_attrs, shown_url, storage_url,
+)
+from fmnist.sweep_report import pictures, summary
+from fmnist.trial_workspace import Workspace, dvc_command, last_error, push_experiment, run_quiet
 
 FAILURES_IN_A_ROW = 3  # then the pipeline, not the params, is the likely cause: the sweep stops
 STOP_GRACE_SECONDS = 60  # after Ctrl-C, how long a trial gets to end before it is killed
@@ -125,8 +135,6 @@ class Sweep:
         self.out = root / "reports" / "sweep" / args.study
         self.stopping = threading.Event()
         self._print, self._push = threading.Lock(), threading.Lock()
-        from fmnist.study import Worker
-
         self.me = Worker.me()
 
     def say(self, line: str) -> None:
@@ -152,10 +160,6 @@ class TrialRun(threading.Thread):
         self.outcome = "failed"  # complete, pruned, failed (of its own accord), interrupted
 
     def run(self) -> None:
-        from optuna.trial import TrialState
-
-        from fmnist.study import FAILURE, heartbeats
-
         try:
             with heartbeats(self.sweep.storage, self.trial._trial_id):
                 self._run()
@@ -173,12 +177,6 @@ class TrialRun(threading.Thread):
             self.ws.finished()
 
     def _run(self) -> None:
-        from optuna.trial import TrialState
-
-        from fmnist.search_space import overrides, with_fixed
-        from fmnist.study import FAILURE, INTERRUPTED
-        from fmnist.trial_workspace import last_error, push_experiment
-
         sweep, trial, number = self.sweep, self.trial, self.trial.number
         name = sweep.experiment(number)
         params = {**trial.params, **sweep.fixed}
@@ -259,10 +257,6 @@ class TrialRun(threading.Thread):
 def start_trials(sweep: Sweep, free: list) -> list[TrialRun]:
     """Under the study's lock: as many trials as free workspaces and the study's N allow,
     re-runs of interrupted trials first."""
-    from fmnist.search_space import override_value
-    from fmnist.study import EXPERIMENT, LOG, RERUN_OF, WORKER, plan_trials, rerun_attrs
-    from optuna.trial import TrialState
-
     started = []
     with sweep.lock.held():
         trials = sweep.study.get_trials(deepcopy=False)
@@ -300,9 +294,6 @@ def start_trials(sweep: Sweep, free: list) -> list[TrialRun]:
 
 def remaining(sweep: Sweep) -> tuple[int, int]:
     """(trials still to start, trials running elsewhere) as the storage says now."""
-    from fmnist.study import WORKER, plan_trials
-    from optuna.trial import TrialState
-
     trials = sweep.study.get_trials(deepcopy=False)
     plan = plan_trials(trials)
     waiting = sum(t.state == TrialState.WAITING for t in trials)
@@ -314,8 +305,6 @@ def remaining(sweep: Sweep) -> tuple[int, int]:
 
 def run_trials(sweep: Sweep) -> int:
     """Start trials in free workspaces until the study has N; wait for all to end. Exit code."""
-    from fmnist.study import fail_lost_trials
-
     running: dict[int, TrialRun] = {}
     in_a_row, last_failed, checked, told_waiting, asked = 0, None, 0.0, False, 0.0
     while True:
@@ -374,9 +363,6 @@ def stop_trials(sweep: Sweep, reason: str) -> str:
 
 def finish(sweep: Sweep) -> None:
     """The table, the best trial and how to apply it, pictures and reports/sweep/STUDY/summary.md."""
-    from fmnist.files import write_text
-    from fmnist.sweep_report import pictures, summary
-
     trials = sweep.study.get_trials(deepcopy=False)
     names = list(sweep.config.distributions)
     lines = summary(trials, names, sweep.args.top)
@@ -405,14 +391,6 @@ def existing_names(root: Path, baseline: str, study: str) -> list[str]:
 def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", module="optuna")  # experimental-feature notes, heartbeat notes
-    import optuna
-
-    from fmnist.search_space import SPACE_FILE, inside, load_space, parse_fixed, with_fixed
-    from fmnist.study import (
-        DEFAULTS, StudyLock, default_storage_url, fail_lost_trials, open_storage, open_study, shown_url, storage_url,
-    )
-    from fmnist.trial_workspace import Workspace, dvc_command, run_quiet
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = repo_root()
     given = args.storage or default_storage_url(root)
