@@ -3,6 +3,7 @@
 #   make test    set up .venv with the test extra on first use, then run the tests
 #   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
 #   make lock    re-resolve the lock (requirements/) after editing pyproject.toml's dependencies
+#   make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   a hyperparameter search (docs/sweep.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -24,8 +25,12 @@ UV_VERSION := 0.13.8
 UV         := $(abspath $(VENV))/lock-tool/bin/uv
 # make lock UPGRADE=1: the newest releases pyproject.toml's ranges allow, not only what changed.
 UPGRADE    ?=
+# `make sweep`: trials the study should have in all, trials at once, more fmnist-sweep arguments.
+TRIALS ?= 20
+JOBS   ?= 1
+ARGS   ?=
 
-.PHONY: repro test compare bench lock help
+.PHONY: repro test compare bench lock sweep help
 .DEFAULT_GOAL := help
 
 help:
@@ -34,6 +39,7 @@ help:
 	@echo "make bench   tutorial's training vs this project's: reports/bench.md"
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
 	@echo "make lock    re-resolve requirements/ from pyproject.toml (UPGRADE=1: newest releases)"
+	@echo "make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   hyperparameter search, every trial a DVC experiment (docs/sweep.md)"
 
 # The lock, installed exactly: pip first (an old one can't install the project editable), then
 # the runtime, then the project itself, built by the locked setuptools; the last step removes
@@ -76,3 +82,7 @@ lock:
 	[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" = $(UV_VERSION) ] || \
 	  $(PYTHON) -m pip install --quiet --upgrade --target $(VENV)/lock-tool uv==$(UV_VERSION)
 	$(PYTHON) scripts/lock.py --uv $(UV) $(if $(UPGRADE),--upgrade)
+
+# Every trial is a DVC experiment; the same command again continues the study (docs/sweep.md).
+sweep: $(VENV)/.installed
+	$(RUN) fmnist-sweep --trials $(TRIALS) --jobs $(JOBS) $(ARGS)
