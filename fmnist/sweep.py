@@ -32,7 +32,7 @@ import yaml
 from optuna.trial import TrialState
 
 from fmnist.errors import ParamError, PipelineError, Terminated, run
-from fmnist.files import write_text
+from fmnist.io import write_text
 from fmnist.params import check_params
 from fmnist.search_space import SPACE_FILE, inside, load_space, override_value, overrides, parse_fixed, with_fixed
 from fmnist.study import (

@@ -128,7 +128,7 @@ def pictures(study: optuna.Study, folder: Path) -> tuple[list[Path], list[str]]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as plots
 
-    from fmnist.files import write_bytes
+    from fmnist.io import write_bytes
 
     written, skipped = [], []
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
