@@ -24,6 +24,9 @@ before it is read.
 
 from __future__ import annotations
 
+import io
+import pickletools
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ import torch
 
 from fmnist.dataset import CLASSES
 from fmnist.errors import DataError, shown
-from fmnist.io import read_bytes, save_torch, torch_from_bytes
+from fmnist.io import read_bytes, read_stream, save_torch, torch_from_bytes
 from fmnist.model import ARCHITECTURES, build_model, weights_problem
 
 MODEL_FILE = "models/model.pt"  # where the train stage writes it (dvc.yaml: vars.model)
@@ -60,12 +63,35 @@ def save_model(path: Path, state_dict: dict, *, params: dict, epoch: int, val_ac
         "params": params, "epoch": epoch, "val_acc": val_acc, "data_sha256": data_sha256})
 
 
+CHECKPOINT_KEYS = {"optimizer", "history", "best"}  # what fmnist.checkpoint writes and a model file lacks
+
+
+def not_a_checkpoint(name: str, hint: str) -> DataError:
+    return DataError(f"{name}: this is a training checkpoint, not a model file (the train stage writes both); {hint}")
+
+
+def looks_like_checkpoint(source: Any) -> bool:
+    """Whether a torch file (a path or a binary file object) too large to be a model file is a
+    checkpoint: its pickle (a few KB; read to 1 MiB at most and never unpickled, only its
+    opcodes listed) names the keys a checkpoint has. The weights' records are not read."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            pickle = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            if pickle is None:
+                return False
+            with archive.open(pickle) as stream:
+                data = read_stream(stream, pickle, "", 1 << 20)
+        strings = {arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not a checkpoint; the size check says the rest
+        return False
+    return CHECKPOINT_KEYS <= strings
+
+
 def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.Module, dict]:
     """The net a model file's dict describes, with its weights loaded, and the dict itself."""
     need = set(REQUIRED)
-    if isinstance(obj, dict) and {"optimizer", "history", "best"} <= set(obj):
-        raise DataError(f"{name}: this is a training checkpoint, not a model file "
-                        f"(the train stage writes both); {hint}")
+    if isinstance(obj, dict) and CHECKPOINT_KEYS <= set(obj):
+        raise not_a_checkpoint(name, hint)
     if not isinstance(obj, dict) or not need <= set(obj):
         found = f"keys {sorted(map(str, obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise DataError(f"{name}: not a model file of this project (expected keys {sorted(need)}, "
@@ -88,11 +114,20 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
 
 def model_from_bytes(data: bytes, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.Module, dict]:
     """A model file's bytes (read with read_model_bytes, or by DVC at a revision) as (net in eval mode, its dict)."""
+    if len(data) > MAX_MODEL_BYTES and looks_like_checkpoint(io.BytesIO(data)):
+        raise not_a_checkpoint(name, hint)
     return check_model(torch_from_bytes(data, name, hint, MAX_MODEL_BYTES, MODEL_WHAT), name, hint)
 
 
 def read_model_bytes(path: Path, hint: str = MODEL_HINT) -> bytes:
-    """A model file's bytes, refused unread when it is larger than MAX_MODEL_BYTES."""
+    """A model file's bytes, refused unread when it is larger than MAX_MODEL_BYTES
+    (named as a checkpoint when it is one: the train stage writes one beside it)."""
+    try:
+        too_large = path.stat().st_size > MAX_MODEL_BYTES and path.is_file()
+    except OSError:
+        too_large = False  # read_bytes names the problem
+    if too_large and looks_like_checkpoint(path):
+        raise not_a_checkpoint(str(path), hint)
     return read_bytes(path, hint, MAX_MODEL_BYTES, MODEL_WHAT)
 
 

@@ -20,7 +20,6 @@ import argparse
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,9 +30,10 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from fmnist.errors import ParamError, PipelineError, Terminated, run
+from fmnist.errors import DataError, ParamError, PipelineError, Terminated, run
 from fmnist.io import write_text
 from fmnist.params import check_params
+from fmnist.provenance import git, git_commit
 from fmnist.search_space import SPACE_FILE, inside, load_space, override_value, overrides, parse_fixed, with_fixed
 from fmnist.study import (
     DEFAULTS, EXPERIMENT, FAILURE, INTERRUPTED, LOG, RERUN_OF, WORKER, StudyLock, Worker, default_storage_url,
@@ -84,18 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def git(root: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PipelineError(f"git {' '.join(args)}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
-    return proc.stdout
-
-
 def repo_root() -> Path:
-    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PipelineError("fmnist-sweep: run it inside the project's git repository (no git repository here)")
-    root = Path(proc.stdout.strip())
+    try:
+        root = Path(git("rev-parse", "--show-toplevel"))
+    except DataError:
+        raise PipelineError("fmnist-sweep: run it inside the project's git repository (no git repository here)") from None
     if not (root / "dvc.yaml").is_file():
         raise PipelineError(f"{root}: no dvc.yaml; run fmnist-sweep in the project's repository")
     return root
@@ -103,7 +96,7 @@ def repo_root() -> Path:
 
 def params_at(root: Path, commit: str) -> dict:
     """params.yaml as the trials get it: the study's commit's, checked."""
-    text = git(root, "show", f"{commit}:params.yaml")
+    text = git("show", f"{commit}:params.yaml", cwd=root)
     if len(text) > 1_000_000:
         raise ParamError(f"params.yaml at {commit[:12]}: larger than 1 MB; it is a few dozen lines")
     try:
@@ -383,7 +376,7 @@ def finish(sweep: Sweep) -> None:
 
 
 def existing_names(root: Path, baseline: str, study: str) -> list[str]:
-    refs = git(root, "for-each-ref", "--format=%(refname)", f"refs/exps/{baseline[:2]}/{baseline[2:]}/")
+    refs = git("for-each-ref", "--format=%(refname)", f"refs/exps/{baseline[:2]}/{baseline[2:]}/", cwd=root)
     names = [ref.rsplit("/", 1)[-1] for ref in refs.split()]
     return [n for n in names if re.fullmatch(re.escape(study) + r"-\d+", n)]
 
@@ -403,12 +396,13 @@ def cli(argv: list[str] | None = None) -> int:
     if args.study in optuna.study.get_all_study_names(storage):
         before = optuna.load_study(study_name=args.study, storage=storage)
     began = before.user_attrs.get("sweep") if before else None
-    head = git(root, "rev-parse", "HEAD").strip()
+    head = git_commit("HEAD", root)
     baseline = began["baseline"] if isinstance(began, dict) and "baseline" in began else head
-    if subprocess.run(["git", "cat-file", "-e", f"{baseline}^{{commit}}"], cwd=root,
-                      capture_output=True).returncode != 0:
+    try:
+        git_commit(baseline, root)
+    except DataError:
         raise PipelineError(f"study '{args.study}' runs its trials on commit {baseline[:12]}, which this repository "
-                            f"doesn't have: git fetch it (or start another study with --study NAME)")
+                            f"doesn't have: git fetch it (or start another study with --study NAME)") from None
     base = params_at(root, baseline)
     fixed = parse_fixed(args.fixed, base)
     space_file = args.space or Path(os.path.relpath(root / SPACE_FILE))  # named in messages as the user sees it
@@ -445,8 +439,7 @@ def cli(argv: list[str] | None = None) -> int:
           f"on commit {baseline[:12]}" + (f" (HEAD is {head[:12]})" if head != baseline else "")
           + (f", with {' '.join(f'-S {k}={v}' for k, v in fixed.items())}" if fixed else ""), flush=True)
     if head == baseline:
-        changed = git(root, "status", "--porcelain", "--untracked-files=no").split("\n")
-        changed = [line[3:] for line in changed if line.strip()]
+        changed = git("diff", "--name-only", "HEAD", cwd=root).splitlines()
         if changed:
             print(f"warning: uncommitted changes ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}) "
                   f"are not part of the trials: they run on the commit", flush=True)
