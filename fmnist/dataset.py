@@ -12,3 +12,6 @@ CLASSES = (
 SIZE = 28  # images are SIZE x SIZE uint8 grey levels, a light garment on a dark ground
 # Images in each split of the official release; the validation set is cut from "train".
 OFFICIAL_COUNTS = {"train": 60_000, "test": 10_000}
+# 70,000 images in all: however the data set is split, no file of it holds more. The bound
+# of every file that holds images (raw IDX files, prepared splits) follows from it.
+MAX_COUNT = sum(OFFICIAL_COUNTS.values())

@@ -6,14 +6,21 @@
     fmnist-predict --rev main~3 shirt.jpg             # the model of any commit, branch or tag
     fmnist-predict --info [--rev REV]                 # the model's card
 
-PNG, JPEG or WebP of any size, grey or colour; a garment photographed dark on a light
-ground is negated, as the data set's images are light on dark, and fitted into 28x28
-keeping its aspect ratio (fmnist/images.py). The model is models/model.pt, another file
+PNG, JPEG, WebP, GIF, BMP or TIFF up to 537 megapixels, grey or colour; a garment
+photographed dark on a light ground is negated, as the data set's images are light on
+dark, and fitted into 28x28 keeping its aspect ratio (fmnist/images.py). The model is models/model.pt, another file
 with --model, or the one of a git revision or registered version with --rev, read
 through DVC from the cache or the default remote. Each picture's probabilities are
 averaged with its mirror image's, as the evaluate stage does with evaluate.tta: true
 (--no-tta: the picture alone). A picture that can't be read costs one line on stderr;
 the others are still classified, and the exit code is 1.
+
+Any number of pictures, in batches of BATCH: a batch is decoded one picture at a time
+(each kept as its 28x28 pixels only), classified and printed before the next is read, so
+memory is that of one decoded picture (bounded by fmnist.images.MAX_PIXELS: at most
+about 2.2 GB) plus one batch: 256 x 784 bytes of pixels and the net's activations for
+256 images (about 35 MB for cnn3v2, mirror-averaged: bench/pictures.py), whatever the
+number of files.
 """
 
 from __future__ import annotations
@@ -22,17 +29,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from fmnist.classifier import Classifier, probabilities, top_k
 from fmnist.errors import DataError, run
-from fmnist.images import decode, to_fashion_mnist
-from fmnist.io import md5_hex, read_bytes
-from fmnist.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes
+from fmnist.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
+from fmnist.io import md5_hex, open_bounded
+from fmnist.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes, read_model_bytes
 from fmnist.provenance import first_commit_recording, read_model_bytes_at
 
-BATCH = 256  # pictures per forward pass
+BATCH = 256  # pictures decoded, classified and printed at a time
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="average with the mirror image's prediction, as the evaluate stage (default: on)")
     parser.add_argument("--info", action="store_true", help="print the model's card and exit")
-    parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help="PNG, JPEG or WebP pictures")
+    parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help=f"{FORMAT_NAMES} pictures")
     args = parser.parse_args(argv)
     if not args.info and not args.files:
         parser.error("name at least one picture (or --info for the model's card)")
@@ -75,7 +83,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
             hint = MODEL_HINT
         else:
             hint = "run the train stage first (dvc repro), or name a model with --model or --rev"
-        data = read_bytes(path, hint)
+        data = read_model_bytes(path, hint)
         name = str(path)
         commit = first_commit_recording(data, path.resolve().parent) if args.info else None
         meaning = ("the oldest commit whose dvc.lock records this file: the code, params and data that made it"
@@ -105,26 +113,56 @@ def print_card(info: dict) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def read_pictures(files: list[Path]) -> tuple[list[Path], list[torch.Tensor], int]:
-    """(files read, their uint8 28x28 pixels, how many failed); each failure is one line on stderr."""
-    good, pixels, failed = [], [], 0
-    for path in files:
-        try:
-            pixels.append(to_fashion_mnist(decode(read_bytes(path, "expected a PNG, JPEG or WebP picture"), str(path))))
-            good.append(path)
-        except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            failed += 1
-    return good, pixels, failed
+def read_picture(path: Path) -> torch.Tensor:
+    """A picture file as uint8 28x28 pixels; DataError naming it when it can't be (fmnist.images)."""
+    with open_bounded(path, PICTURE_HINT, MAX_FILE_BYTES, PICTURE_WHAT) as stream:
+        return to_fashion_mnist(decode(stream, str(path)))
 
 
-def print_table(rows: list[dict]) -> None:
-    header = ("file", "class", "probability", "top")
-    lines = [(r["path"], r["class"], f"{r['probability']:.3f}",
-              ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])) for r in rows]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(3)]
-    for line in [header, *lines]:
-        print(f"{line[0]:<{widths[0]}}  {line[1]:<{widths[1]}}  {line[2]:>{widths[2]}}  {line[3]}")
+def read_batches(files: list[Path], failed: list[Path]) -> Iterator[tuple[list[Path], torch.Tensor]]:
+    """(files, their uint8 (n, 28, 28) pixels), BATCH files at a time; a file that can't be
+    read is one line on stderr, added to `failed`, and left out."""
+    for start in range(0, len(files), BATCH):
+        good, pixels = [], []
+        for path in files[start:start + BATCH]:
+            try:
+                pixels.append(read_picture(path))
+                good.append(path)
+            except DataError as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                failed.append(path)
+        if good:
+            yield good, torch.stack(pixels)
+
+
+class Printer:
+    """Rows printed as they come: a table whose columns fit every file named and every class
+    (known before any picture is read), or one JSON list, as json.dumps(rows, indent=2)."""
+
+    def __init__(self, as_json: bool, files: list[Path], classes: list[str]):
+        self.as_json, self.rows = as_json, 0
+        self.widths = (max(len("file"), *(len(str(f)) for f in files)), max(len("class"), *map(len, classes)),
+                       len("probability"))
+
+    def _line(self, *cells: str) -> None:
+        w = self.widths
+        print(f"{cells[0]:<{w[0]}}  {cells[1]:<{w[1]}}  {cells[2]:>{w[2]}}  {cells[3]}")
+
+    def add(self, row: dict) -> None:
+        if self.as_json:
+            body = json.dumps(row, indent=2).replace("\n", "\n  ")
+            sys.stdout.write(("[\n  " if self.rows == 0 else ",\n  ") + body)
+        else:
+            if self.rows == 0:
+                self._line("file", "class", "probability", "top")
+            self._line(row["path"], row["class"], f"{row['probability']:.3f}",
+                       ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"]))
+        self.rows += 1
+
+    def end(self) -> None:
+        if self.as_json:
+            print("\n]" if self.rows else "[]")
+        sys.stdout.flush()
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -139,19 +177,19 @@ def cli(argv: list[str] | None = None) -> int:
             print_card(info)
         return 0
     classes = list(record["classes"])
-    good, pixels, failed = read_pictures(args.files)
-    images = torch.stack(pixels) if pixels else torch.zeros(0, 28, 28, dtype=torch.uint8)
-    probs = probabilities(Classifier(net, mirror=args.tta), images, device=torch.device("cpu"), batch_size=BATCH)
-    rows = []
-    for path, p in zip(good, probs):
-        top = [{"class": c, "probability": round(v, 6)} for c, v in top_k(p, classes, args.top)]
-        rows.append({"path": str(path), "class": top[0]["class"], "probability": top[0]["probability"], "top": top})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif rows:
-        print_table(rows)
+    classifier = Classifier(net, mirror=args.tta)
+    printer = Printer(args.json, args.files, classes)
+    failed: list[Path] = []
+    for good, images in read_batches(args.files, failed):
+        probs = probabilities(classifier, images, device=torch.device("cpu"), batch_size=BATCH)
+        for path, p in zip(good, probs):
+            top = [{"class": c, "probability": round(v, 6)} for c, v in top_k(p, classes, args.top)]
+            printer.add({"path": str(path), "class": top[0]["class"], "probability": top[0]["probability"],
+                         "top": top})
+        sys.stdout.flush()
+    printer.end()
     if failed:
-        print(f"error: {failed} of {len(args.files)} picture(s) could not be read", file=sys.stderr)
+        print(f"error: {len(failed)} of {len(args.files)} picture(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from fmnist.errors import DataError
-from fmnist.io import md5_hex
-from fmnist.model_file import MODEL_FILE
+from fmnist.io import md5_hex, read_stream
+from fmnist.model_file import MAX_MODEL_BYTES, MODEL_FILE, MODEL_WHAT
 
 # A registered model version: GTO's tag format, `gto register fashion-classifier --version v1.0.0`.
 _VERSION = re.compile(r"(?P<name>[^@\s]+)@(?P<version>v\d+\.\d+\.\d+\S*)")
@@ -110,7 +110,9 @@ def read_model_bytes_at(rev: str, path: str = MODEL_FILE) -> tuple[bytes, dict]:
             commit, path = git_commit(found["rev"]), found["path"]
         else:
             commit = git_commit(rev)
-        data = dvc.api.read(path, rev=commit, mode="rb")
+        with dvc.api.open(path, rev=commit, mode="rb") as stream:  # bounded: not dvc.api.read's whole file
+            data = read_stream(stream, f"{path} at {rev}", f"the copy DVC holds for {rev} is not a model of this project",
+                               MAX_MODEL_BYTES, MODEL_WHAT)
     except NotDvcRepoError as exc:
         raise _dvc_error(rev, exc, "run it inside a clone of the project") from None
     except PathMissingError:  # DVC says "does not exist" for outputs it can't find the data of, too

@@ -15,11 +15,15 @@ from typing import Any
 
 import torch
 
-from fmnist.dataset import CLASSES, SIZE
+from fmnist.dataset import CLASSES, MAX_COUNT, SIZE
 from fmnist.errors import DataError
 from fmnist.io import load_torch
 
 PREPARED_HINT = "re-create it with `dvc repro --force prepare`"
+# A split holds at most the whole data set: MAX_COUNT uint8 images of SIZE x SIZE and
+# their int64 labels (55,440,000 bytes), plus 1 MiB for the zip records and the dict
+# (a few KB measured). A prepared file is not read, nor its records inflated, past this.
+MAX_SPLIT_BYTES = MAX_COUNT * (SIZE * SIZE + 8) + (1 << 20)
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,12 +67,12 @@ def check_split(obj: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """A prepared split (data/prepared/<name>.pt), checked."""
     hint = "run the prepare stage first (dvc repro)" if not path.exists() else PREPARED_HINT
-    return check_split(load_torch(path, hint), str(path))
+    return check_split(load_torch(path, hint, MAX_SPLIT_BYTES, "a prepared split of Fashion-MNIST"), str(path))
 
 
-def load_nonempty_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """load_split, refusing a split with no images (nothing to validate or score on)."""
+def load_nonempty_split(path: Path, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """load_split, refusing a split with no images: `role` ("validation", "test") says what they were for."""
     images, labels = load_split(path)
     if len(labels) == 0:
-        raise DataError(f"{path}: holds no images; {PREPARED_HINT}")
+        raise DataError(f"{path}: holds no {role} images; {PREPARED_HINT}")
     return images, labels

@@ -32,7 +32,7 @@ def main() -> None:
     params = load_params()
     p = params["evaluate"]
 
-    images, labels = load_nonempty_split(args.prepared / "test.pt")
+    images, labels = load_nonempty_split(args.prepared / "test.pt", "test")
     net, record = load_model(args.model)
     device = pick_device(params["train"]["device"])
     dtype = pick_dtype(params["train"]["precision"], device)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from fmnist.classifier import Classifier
 from fmnist.errors import run
-from fmnist.io import md5_hex, read_bytes, write_bytes
-from fmnist.model_file import card, model_from_bytes
+from fmnist.io import md5_hex, write_bytes
+from fmnist.model_file import card, model_from_bytes, read_model_bytes
 from fmnist.onnx_file import INPUT, INPUT_DOC, OUTPUT, OUTPUT_DOC, onnx_bytes
 from fmnist.params import load_params
 
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     tta = load_params()["evaluate"]["tta"]
 
-    source = read_bytes(args.model, "run the train stage first (dvc repro)")
+    source = read_model_bytes(args.model, "run the train stage first (dvc repro)")
     net, record = model_from_bytes(source, str(args.model))
     about = card(record)
     # Only what the model file holds: the same model gives the same ONNX bytes at any commit.

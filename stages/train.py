@@ -12,6 +12,11 @@ which `train.resume: true` continues an interrupted run. At the end the weights 
 epoch with the best validation accuracy go to MODEL, with the params, class names and
 data hash they were trained with (fmnist/model_file.py).
 
+When the file named by FMNIST_STOP_FILE appears (a sweep pruning this trial), a
+one-process run stops at its next check, drops the epoch under way and ends as if that
+were the last: the model, summary (with "stopped_early": true) and curves of the epochs
+it did.
+
 With `train.nproc: N` (N > 1) the script relaunches itself under torchrun as N
 processes with DistributedDataParallel; it can also be launched so directly:
 
@@ -50,6 +55,10 @@ def log_row(live, epoch: int, row: dict) -> None:
     live.next_step()
 
 
+class StopRequested(Exception):
+    """FMNIST_STOP_FILE exists: a sweep asks this run to end with the epochs it has done."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("prepared", "model", "checkpoint", "live_dir", "summary"):
@@ -58,7 +67,7 @@ def main() -> None:
     p = load_params()["train"]
     # Checked here, once, rather than in N processes after a relaunch.
     train_x, train_y = load_split(args.prepared / "train.pt")
-    val_x, val_y = load_nonempty_split(args.prepared / "val.pt")
+    val_x, val_y = load_nonempty_split(args.prepared / "val.pt", "validation")
     world_size = int(os.environ.get("WORLD_SIZE", p["nproc"]))
     # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
     problems = size_problems(len(train_y) + len(val_y), len(val_y), p["batch_size"], world_size,
@@ -105,7 +114,10 @@ def main() -> None:
               + (f"; smoothed: the label-smoothed loss minimised (train.label_smoothing {smoothing:g})"
                  if smoothing else ""))
 
+    done: list[Progress] = []  # the progress of the last whole epoch, for a run stopped on request
+
     def on_epoch(progress: Progress, seconds: float) -> None:
+        done[:] = [progress]
         row = progress.history[-1]
         # The checkpoint first: when it can't be written, the summary still tells the truth.
         save_torch(args.checkpoint, checkpoint_state(progress, key, state))
@@ -117,8 +129,19 @@ def main() -> None:
               f"acc {row['train/acc']:.4f} | val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f} "
               f"| {seconds:.1f} s", flush=True)
 
+    stop_file = os.environ.get("FMNIST_STOP_FILE")
+
+    def on_step(epoch: int, batches: int) -> None:
+        if done and os.path.exists(stop_file):
+            raise StopRequested()
+
+    stopped = False
     try:
-        progress = fit(state, train, val, Settings.from_params(p, device, dtype, world), progress, on_epoch)
+        progress = fit(state, train, val, Settings.from_params(p, device, dtype, world), progress, on_epoch,
+                       on_step if stop_file and world.size == 1 else None)  # several ranks would have to agree
+    except StopRequested:
+        progress, stopped = done[0], True
+        print(f"stopped after epoch {progress.epoch} of {p['epochs']}: {stop_file} asks for it", flush=True)
     except RuntimeError as exc:  # a peer that died shows as a Gloo or NCCL transport error, not as a bug
         lost = peers_lost(exc, world)
         if lost is None:
@@ -131,7 +154,7 @@ def main() -> None:
         best = progress.best
         save_model(args.model, best["state_dict"], params=p, epoch=best["epoch"], val_acc=best["val_acc"],
                    data_sha256=key["data_sha256"])
-        write_json(args.summary, summary(progress))
+        write_json(args.summary, {**summary(progress), "stopped_early": True} if stopped else summary(progress))
         print(f"saved epoch {best['epoch']} (val acc {best['val_acc']:.4f}) to {args.model}")
     if world.size > 1:
         dist.destroy_process_group()

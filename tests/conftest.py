@@ -1,16 +1,19 @@
-"""Fixtures of the whole suite (the builders themselves are in tests/helpers.py)."""
+"""Fixtures of the whole suite (the builders themselves are in tests/helpers.py), the
+threads each xdist worker's torch takes, and the e2e mark of every test in tests/e2e/."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
+if TYPE_CHECKING:
+    from helpers import Repo
 
-from helpers import Repo, make_repo, write_raw  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
 # Under pytest-xdist, each worker gets its share of the cores for torch's OpenMP threads,
 # and so do the stages and tools its tests start (they inherit the environment). Two
@@ -22,11 +25,43 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.env
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything in tests/e2e/ runs DVC, torchrun, act or a stage as a process: mark it
+    e2e here, so that no test there can be left out of the mark by mistake. Everything in
+    tests/unit/ runs in the quick loop (`-m "not e2e"`), so nothing there may carry it."""
+    for item in items:
+        if TESTS / "e2e" in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+        elif TESTS / "unit" not in item.path.parents:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit/ or tests/e2e/")
+        elif item.get_closest_marker("e2e"):
+            raise pytest.UsageError(f"{item.nodeid}: marked e2e in tests/unit/; move it to tests/e2e/")
+
+
+# The fixtures import helpers (and so torch) when first used: after OMP_NUM_THREADS is
+# set above, and never in pytest-xdist's controller, which runs no test.
+
 @pytest.fixture
 def tiny_raw(tmp_path: Path) -> Path:
+    from helpers import write_raw
+
     return write_raw(tmp_path / "raw-source")
 
 
 @pytest.fixture
 def repo(tmp_path: Path, tiny_raw: Path) -> Repo:
+    from helpers import make_repo
+
     return make_repo(tmp_path / "repo", tiny_raw)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A cnn trained for a few epochs on generated images, saved as the train stage saves it."""
+    from helpers import write_model_file
+
+    return write_model_file(tmp_path_factory.mktemp("model") / "model.pt")

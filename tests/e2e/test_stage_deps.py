@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 
 import pytest
 
@@ -29,7 +31,8 @@ EDITS = {
     "distributed training": (r"def init_distributed\(", {"train"}, {"train"}),
     "checkpoints": (r"def checkpoint_state\(", {"train"}, {"train"}),
     "augmentation": (r"def augment_batch\(", {"train"}, {"train"}),
-    "fmnist-predict": (r"def cli\(", set(), set()),
+    "fmnist-predict": (r"def print_card\(", set(), set()),
+    "fmnist-sweep": (r"def run_trials\(", set(), set()),
     "the picture reader": (r"def to_fashion_mnist\(", set(), set()),
     "the comparison report": (r"def render_markdown\(", set(), set()),
     "git and DVC look-ups": (r"def git_commit\(", set(), set()),
@@ -89,3 +92,32 @@ def test_a_param_marks_only_the_stages_that_read_it(reproduced, param):
     finally:
         reproduced.run("git", "checkout", "--", ".")
     assert stages == expected, f"changing {param} marks {sorted(stages)}"
+
+
+def test_a_new_runtime_package_reruns_the_stages_it_can_change_and_a_test_package_none(reproduced):
+    repo = reproduced
+    shutil.copytree(ROOT / "scripts", repo.path / "scripts", ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True)
+
+    def relock(path: str, old: str, new: str) -> None:
+        """What `make lock` does after a new release: that pin changes, runtime-versions.txt follows."""
+        file = repo.path / path
+        assert old in file.read_text()
+        file.write_text(file.read_text().replace(old, new))
+        repo.run(sys.executable, "scripts/lock.py", "--versions")
+
+    try:
+        relock("requirements/test.txt", "\npytest==", "\npytest==0.0.1+")
+        assert marked(repo) == set()
+        assert "Running stage" not in repo.dvc("repro", "--dry").stdout
+
+        pin = next(line for line in (repo.path / "requirements/runtime.txt").read_text().splitlines()
+                   if line.startswith("onnxscript=="))
+        relock("requirements/runtime.txt", pin, pin.replace("==", "==99.").replace(" \\", "") + " \\")
+        assert marked(repo) == {"prepare", "train", "evaluate", "export"}
+        assert "requirements/runtime-versions.txt" in repo.dvc("status").stdout
+        dry = repo.dvc("repro", "--dry").stdout
+        assert [s for s in ("download", "prepare", "train", "evaluate", "export") if f"Running stage '{s}'" in dry] \
+            == ["prepare", "train", "evaluate", "export"], dry
+    finally:
+        repo.run("git", "checkout", "--", ".")

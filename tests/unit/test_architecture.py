@@ -12,7 +12,7 @@ from helpers import ROOT, imports
 ENTRY_POINTS = {
     "download": "stages/download.py", "prepare": "stages/prepare.py", "train": "stages/train.py",
     "evaluate": "stages/evaluate.py", "export": "stages/export.py", "fmnist-predict": "fmnist/predict.py",
-    "make compare": "scripts/compare.py", "make bench": "bench/bench.py",
+    "make compare": "scripts/compare.py", "make bench": "bench/bench.py", "fmnist-sweep": "fmnist/sweep.py",
 }
 
 

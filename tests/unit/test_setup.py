@@ -34,6 +34,7 @@ def make_setup(tmp_path: Path, python: str, *flags: str) -> subprocess.Completed
     """`make .venv/.installed PYTHON=python` in a copy of the Makefile (the real .venv is left alone)."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "requirements", tmp_path / "requirements")  # the lock it installs
     return make([*flags, ".venv/.installed", f"PYTHON={python}"], tmp_path)
 
 

@@ -1,4 +1,7 @@
-"""Smoke test of the benchmark on tiny data: the table's shape, not its figures (no timings asserted)."""
+"""Smoke test of the benchmark on tiny data: the table's shape, not its figures (no timings asserted).
+
+It trains through the stages' own commands, in subprocesses.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,11 @@ import json
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from helpers import ROOT, TINY_PARAMS, write_raw
 
 
-@pytest.mark.e2e  # trains through the stages' own commands, in subprocesses
 def test_bench_writes_a_row_per_contender_with_every_seed(tmp_path):
     raw = write_raw(tmp_path / "raw", n_train=200, n_test=60, gz=False)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -16,8 +16,6 @@ import pytest
 
 from helpers import Repo, make_repo, run
 
-pytestmark = pytest.mark.e2e
-
 BUCKET = "fmnist"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 MODEL = "models/model.pt"

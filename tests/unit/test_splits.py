@@ -1,0 +1,98 @@
+"""fmnist/splits.py: the train/validation split, the class counts, and the checks of a
+prepared split file (load_split) on damaged copies; fuzzed with hypothesis."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import one_line, synthetic
+from fmnist.errors import DataError
+from fmnist.io import torch_bytes
+from fmnist.splits import class_counts, load_split, split_train_val
+
+
+def test_split_is_disjoint_complete_and_seeded():
+    train, val = split_train_val(100, 20, seed=3)
+    assert len(val) == 20 and len(train) == 80
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(100))
+    again, _ = split_train_val(100, 20, seed=3)
+    other, _ = split_train_val(100, 20, seed=4)
+    assert torch.equal(train, again) and not torch.equal(train, other)
+    with pytest.raises(DataError, match="cannot hold out 100"):
+        split_train_val(100, 100, seed=0)
+
+
+def test_class_counts_name_each_class():
+    labels = torch.tensor([0, 0, 9, 3])
+    counts = class_counts(labels)
+    assert counts["T-shirt/top"] == 2 and counts["Ankle boot"] == 1 and sum(counts.values()) == 4
+
+
+# --- a prepared split file, damaged -------------------------------------------
+
+def good_split(n: int = 12) -> dict:
+    images, labels = synthetic(n, seed=0)
+    return {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels).long()}
+
+
+def _split(**changes) -> bytes:
+    split = good_split()
+    split.update(changes)
+    return torch_bytes({k: v for k, v in split.items() if v is not None})
+
+
+GOOD_SPLIT = torch_bytes(good_split())
+DAMAGED_SPLITS = {
+    "empty": (b"", "the file is empty"),
+    "truncated": (GOOD_SPLIT[:len(GOOD_SPLIT) // 2], "not a readable torch file, truncated or damaged"),
+    "garbage": (b"\x80\x02garbage" * 50, "not a torch file (it doesn't start like one)"),
+    "a list": (torch_bytes([1, 2, 3]), "expected a dict with 'images' and 'labels', found a list"),
+    "a bare tensor": (torch_bytes(torch.zeros(3, 28, 28)), "found a Tensor"),
+    "no labels": (_split(labels=None), "found keys ['images']"),
+    "float images": (_split(images=torch.zeros(12, 28, 28)), "'images' should be uint8 (N, 28, 28), found torch.float32"),
+    "32x32 images": (_split(images=torch.zeros(12, 32, 32, dtype=torch.uint8)), "found torch.uint8 (12, 32, 32)"),
+    "int32 labels": (_split(labels=torch.zeros(12, dtype=torch.int32)), "'labels' should be int64 (N,)"),
+    "2-d labels": (_split(labels=torch.zeros(12, 2, dtype=torch.long)), "found torch.int64 (12, 2)"),
+    "fewer labels": (_split(labels=torch.zeros(11, dtype=torch.long)), "12 images but 11 labels"),
+    "label 10": (_split(labels=torch.full((12,), 10)), "labels outside 0-9"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_SPLITS)
+def test_a_damaged_split_is_a_data_error_naming_the_file(tmp_path, damage):
+    data, expected = DAMAGED_SPLITS[damage]
+    path = tmp_path / "train.pt"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as err:
+        load_split(path)
+    one_line(str(err.value), f"{path}: ", expected, "dvc repro --force prepare")
+
+
+def test_a_missing_split_or_a_folder_in_its_place(tmp_path):
+    with pytest.raises(DataError, match=r"train.pt: missing; run the prepare stage first \(dvc repro\)"):
+        load_split(tmp_path / "train.pt")
+    (tmp_path / "train.pt").mkdir()
+    with pytest.raises(DataError, match=r"train.pt: cannot be read \(Is a directory\)"):
+        load_split(tmp_path / "train.pt")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, len(GOOD_SPLIT)), flips=st.lists(st.tuples(st.integers(0, len(GOOD_SPLIT) - 1),
+                                                                     st.integers(1, 255)), max_size=4))
+def test_any_truncation_or_flipped_bytes_give_checked_tensors_or_a_data_error(tmp_path, cut, flips):
+    data = bytearray(GOOD_SPLIT[:cut])
+    for at, xor in flips:
+        if at < len(data):
+            data[at] ^= xor
+    path = tmp_path / "val.pt"
+    path.write_bytes(bytes(data))
+    try:
+        images, labels = load_split(path)
+    except DataError as exc:
+        one_line(str(exc), f"{path}: ")
+    else:
+        assert images.dtype == torch.uint8 and images.shape[1:] == (28, 28) and len(labels) == len(images)
+        assert labels.dtype == torch.int64 and (len(labels) == 0 or 0 <= labels.min() <= labels.max() <= 9)
