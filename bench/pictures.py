@@ -164,7 +164,7 @@ def batches(folder: Path, counts: tuple[int, ...] = (10, 2000)) -> list[dict]:
 
     model = folder / "model.pt"
     torch.manual_seed(0)
-    save_model(model, build_model("cnn3v2").state_dict(), params={"model": "cnn3v2"}, epoch=1, val_acc=0.0,
+    save_model(model, build_model("cnn3v2").state_dict(), params={"model": "cnn3v2"}, epoch=1, val_acc=0.0, environment={},
                data_sha256="0" * 64)
     picture = folder / "small.png"
     write_png(picture, 300, 400, 2, 1)

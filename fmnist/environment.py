@@ -57,6 +57,7 @@ def describe(lock: Path) -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch,
         "platform": f"{sys.platform}-{platform.machine().lower()}",
+        "lock": lock.as_posix(),
         "lock_sha256": file_sha256(lock),
     }
 

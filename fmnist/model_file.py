@@ -1,6 +1,7 @@
 """The model file (models/model.pt): what the train stage writes and everyone else reads.
 
-    save_model(Path("models/model.pt"), weights, params=p, epoch=7, val_acc=0.93, data_sha256=digest)
+    save_model(Path("models/model.pt"), weights, params=p, epoch=7, val_acc=0.93, data_sha256=digest,
+               environment=describe(Path("requirements/runtime-versions.txt")))
     net, record = load_model(Path("models/model.pt"))   # net in eval mode, the file's dict
     card(record)                                        # what the file says of itself
 
@@ -15,6 +16,7 @@ One torch file (weights_only loadable: no code runs from it) holding a dict:
 | epoch | the epoch kept (best validation accuracy) |
 | val_acc | its validation accuracy (a fraction) |
 | data_sha256 | sha256 of the training images and labels |
+| environment | what trained it: python, torch, platform, and lock / lock_sha256 (the runtime lock's file and its sha256; fmnist.environment.describe) |
 
 The evaluate and export stages, `fmnist-predict` and `make compare` read it through
 `load_model` / `model_from_bytes`, which check every key before a net is built; a file
@@ -56,11 +58,13 @@ def weights_bytes(name: str) -> int:
 MAX_MODEL_BYTES = max(map(weights_bytes, ARCHITECTURES)) + (1 << 20)
 
 
-def save_model(path: Path, state_dict: dict, *, params: dict, epoch: int, val_acc: float, data_sha256: str) -> None:
+def save_model(path: Path, state_dict: dict, *, params: dict, epoch: int, val_acc: float, data_sha256: str,
+               environment: dict[str, str]) -> None:
     """Write the model file: the weights and what they were trained with (the table above)."""
     save_torch(path, {
         "state_dict": state_dict, "model": params["model"], "classes": list(CLASSES),
-        "params": params, "epoch": epoch, "val_acc": val_acc, "data_sha256": data_sha256})
+        "params": params, "epoch": epoch, "val_acc": val_acc, "data_sha256": data_sha256,
+        "environment": environment})
 
 
 CHECKPOINT_KEYS = {"optimizer", "history", "best"}  # what fmnist.checkpoint writes and a model file lacks
@@ -146,4 +150,15 @@ def card(record: dict) -> dict:
         "val_acc": record.get("val_acc"),
         "data_sha256": record.get("data_sha256"),
         "params": record.get("params"),
+        "environment": _environment(record.get("environment")),
     }
+
+
+def _environment(found: Any) -> dict[str, str] | None:
+    """The file's environment record if it is one (a few short strings; a file may come from
+    anywhere, and its card is printed); None for a file of an older version or a damaged one."""
+    if not isinstance(found, dict) or len(found) > 16 or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 40 and len(v) <= 200 and v.isprintable()
+            for k, v in found.items()):
+        return None
+    return dict(found)

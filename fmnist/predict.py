@@ -94,6 +94,17 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
                        "commit_means": meaning}
 
 
+def environment_line(environment: dict | None) -> str:
+    """python 3.11.7, torch 2.14.1, linux-x86_64, lock requirements/runtime-versions.txt sha256 ..."""
+    if not environment:
+        return "unknown (a model file older than the record)"
+    known = ("python", "torch", "platform")
+    words = [f"{k} {environment[k]}" if k != "platform" else environment[k] for k in known if k in environment]
+    if "lock_sha256" in environment:
+        words.append(f"lock {environment.get('lock', '?')} sha256 {environment['lock_sha256']}")
+    return ", ".join(words) or "unknown"
+
+
 def print_card(info: dict) -> None:
     params = info["params"] or {}
     epochs = f" of {params['epochs']}" if "epochs" in params else ""
@@ -106,6 +117,7 @@ def print_card(info: dict) -> None:
         ("val accuracy", val_acc),
         ("data sha256", f"{info['data_sha256'] or 'unknown'} (the training images and labels)"),
         ("params", " ".join(f"{k}={v}" for k, v in params.items()) or "unknown"),
+        ("environment", environment_line(info["environment"])),
         ("commit", f"{info['commit'] or '-'} ({info['commit_means']})"),
     ]
     width = max(len(key) for key, _ in rows)

@@ -1,6 +1,7 @@
 """Stage `train`: train the classifier with the params' `train` section; keep the best epoch.
 
-    python stages/train.py data/prepared models/model.pt models/checkpoint.pt metrics/train metrics/train.json
+    python stages/train.py data/prepared models/model.pt models/checkpoint.pt metrics/train metrics/train.json \\
+        requirements/runtime-versions.txt
 
 Logs train and validation loss and accuracy each epoch with DVCLive into LIVE_DIR, as
 it goes (DVCLive's step is the epoch, 1 to train.epochs; both losses are plain
@@ -10,7 +11,8 @@ accuracy) into SUMMARY, so `dvc exp show`, `dvc plots` and the VS Code extension
 run while it trains. After every epoch the full training state goes to CHECKPOINT, from
 which `train.resume: true` continues an interrupted run. At the end the weights of the
 epoch with the best validation accuracy go to MODEL, with the params, class names and
-data hash they were trained with (fmnist/model_file.py).
+data hash they were trained with, and the environment that trained them: Python, torch,
+platform and the sha256 of LOCK, the runtime lock's versions (fmnist/model_file.py).
 
 When the file named by FMNIST_STOP_FILE appears (a sweep pruning this trial), a
 one-process run stops at its next check, drops the epoch under way and ends as if that
@@ -21,7 +23,7 @@ With `train.nproc: N` (N > 1) the script relaunches itself under torchrun as N
 processes with DistributedDataParallel; it can also be launched so directly:
 
     torchrun --standalone --nproc_per_node=2 stages/train.py data/prepared models/model.pt \\
-        models/checkpoint.pt metrics/train metrics/train.json
+        models/checkpoint.pt metrics/train metrics/train.json requirements/runtime-versions.txt
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fmnist.device import pick_device, pick_dtype, to_device
 from fmnist.distributed import init_distributed, peers_lost, relaunch_under_torchrun, steps_per_epoch
 from fmnist.errors import ParamError, run
 from fmnist.io import save_torch, write_json, writing
+from fmnist.environment import describe
 from fmnist.model_file import save_model
 from fmnist.params import load_params, size_problems
 from fmnist.splits import load_nonempty_split, load_split
@@ -61,10 +64,11 @@ class StopRequested(Exception):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("prepared", "model", "checkpoint", "live_dir", "summary"):
+    for name in ("prepared", "model", "checkpoint", "live_dir", "summary", "lock"):
         parser.add_argument(name, type=Path)
     args = parser.parse_args()
     p = load_params()["train"]
+    environment = describe(args.lock)  # read before training: a missing lock costs seconds, not a run
     # Checked here, once, rather than in N processes after a relaunch.
     train_x, train_y = load_split(args.prepared / "train.pt")
     val_x, val_y = load_nonempty_split(args.prepared / "val.pt", "validation")
@@ -153,7 +157,7 @@ def main() -> None:
             live.end()
         best = progress.best
         save_model(args.model, best["state_dict"], params=p, epoch=best["epoch"], val_acc=best["val_acc"],
-                   data_sha256=key["data_sha256"])
+                   data_sha256=key["data_sha256"], environment=environment)
         write_json(args.summary, {**summary(progress), "stopped_early": True} if stopped else summary(progress))
         print(f"saved epoch {best['epoch']} (val acc {best['val_acc']:.4f}) to {args.model}")
     if world.size > 1:

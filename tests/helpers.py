@@ -32,8 +32,9 @@ from PIL import Image
 
 from fmnist.dataset import CLASSES
 from fmnist.device import to_device_layout
-from fmnist.io import save_torch
+from fmnist.environment import describe
 from fmnist.model import build_model
+from fmnist.model_file import save_model
 from fmnist.training import Settings, TrainState, seed_everything, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,8 +203,10 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 # --- torchrun launches: e2e/test_distributed.py, e2e/test_resume.py ----------------
 
-# The train stage's outputs, in the order its command names them.
+# The train stage's outputs, in the order its command names them; the lock its model card
+# records comes after them (dvc.yaml's train cmd).
 TRAIN_OUTPUTS = ("models/model.pt", "models/checkpoint.pt", "metrics/train", "metrics/train.json")
+RUNTIME_LOCK = "requirements/runtime-versions.txt"
 # Long enough for a kill after the first epoch to land mid-run, and slow enough to learn
 # that the best epoch (the one saved) comes after the kill: the restarted part counts.
 KILL_PARAMS = {"data": {"val_size": 60},
@@ -213,7 +216,7 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason=
 
 def torchrun(*flags: str, outputs: tuple[str, ...] = TRAIN_OUTPUTS) -> list[str]:
     """The train stage's command under torchrun with `flags`, writing `outputs`."""
-    return [sys.executable, "-m", "torch.distributed.run", *flags, "stages/train.py", "data/prepared", *outputs]
+    return [sys.executable, "-m", "torch.distributed.run", *flags, "stages/train.py", "data/prepared", *outputs, RUNTIME_LOCK]
 
 
 # What DVCLive writes in metrics/train/, compared between runs.
@@ -348,8 +351,8 @@ def write_model_file(path: Path) -> Path:
                         device=cpu, dtype=None, progress_bar=False)
     for epoch in (1, 2, 3):
         train_epoch(state, x, y.long(), epoch, settings)
-    save_torch(path, {"state_dict": net.state_dict(), "model": "cnn", "classes": list(CLASSES),
-                      "params": {"model": "cnn", "epochs": 3}, "epoch": 3, "val_acc": 0.95, "data_sha256": "ab" * 32})
+    save_model(path, net.state_dict(), params={"model": "cnn", "epochs": 3}, epoch=3, val_acc=0.95,
+               data_sha256="ab" * 32, environment=describe(ROOT / RUNTIME_LOCK))
     return path
 
 

@@ -25,8 +25,8 @@ import uuid
 from pathlib import Path
 
 from helpers import (
-    KILL_PARAMS, TRAIN_OUTPUTS, assert_same_run, final_state, launch, make_repo, needs_proc, torchrun, workers_of,
-    write_raw,
+    KILL_PARAMS, RUNTIME_LOCK, TRAIN_OUTPUTS, assert_same_run, final_state, launch, make_repo, needs_proc, torchrun,
+    workers_of, write_raw,
 )
 from fmnist.model_file import load_model
 
@@ -47,8 +47,8 @@ def test_train_nproc_runs_the_stage_under_torchrun(tmp_path):
 def test_sigterm_to_the_relaunching_stage_stops_every_process_in_one_line_each(tmp_path):
     repo = make_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=600), params=KILL_PARAMS)
     repo.dvc("repro", "prepare")
-    stage = subprocess.Popen([sys.executable, "stages/train.py", "data/prepared", *TRAIN_OUTPUTS], cwd=repo.path,
-                             env=repo.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stage = subprocess.Popen([sys.executable, "stages/train.py", "data/prepared", *TRAIN_OUTPUTS, RUNTIME_LOCK],
+                             cwd=repo.path, env=repo.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 600
         while not (repo.path / "models/checkpoint.pt").exists():

@@ -19,7 +19,7 @@ import sys
 import torch
 
 from helpers import (
-    KILL_PARAMS, SLOW, assert_same_run, final_state, launch, make_repo, needs_proc, set_params, start_repro, torchrun,
+    KILL_PARAMS, RUNTIME_LOCK, SLOW, assert_same_run, final_state, launch, make_repo, needs_proc, set_params, start_repro, torchrun,
     wait_for, write_raw,
 )
 
@@ -58,7 +58,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_interrupted(t
         **KILL_PARAMS, "train": {**KILL_PARAMS["train"], "nproc": 3, "max_restarts": 1}})
     repo.dvc("repro", "prepare")
     # Uninterrupted, through train.nproc: the stage relaunches itself with --max-restarts.
-    out = repo.run(sys.executable, "stages/train.py", "data/prepared", *REF_OUTPUTS).stdout
+    out = repo.run(sys.executable, "stages/train.py", "data/prepared", *REF_OUTPUTS, RUNTIME_LOCK).stdout
     assert "--max-restarts=1" in out and "3 processes" in out
     # As a user would launch it; rank 2 dies after the first epoch and torchrun starts
     # all three again, which resume from the checkpoint rank 0 wrote.

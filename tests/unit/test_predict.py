@@ -6,15 +6,18 @@ Through DVC, with registered versions: e2e/test_product.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 import signal
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import png, synthetic, write_pictures
+from helpers import ROOT, png, synthetic, write_pictures
 from fmnist import errors
 from fmnist.dataset import CLASSES
 from fmnist.predict import cli
@@ -72,12 +75,31 @@ def test_a_damaged_or_missing_model_is_one_line_and_exit_1(model_file, tmp_path,
 def test_info_prints_the_model_card(model_file, capsys):
     assert cli(["--info", "--model", str(model_file)]) == 0
     card = capsys.readouterr().out
+    lock = ROOT / "requirements/runtime-versions.txt"
+    environment = (f"environment   python {platform.python_version()}, torch {version('torch')}, "
+                   f"{sys.platform}-{platform.machine().lower()}, lock {lock.as_posix()} "
+                   f"sha256 {hashlib.sha256(lock.read_bytes()).hexdigest()}")
     for text in ("architecture  cnn", "best epoch    3 of 3", "val accuracy  0.9500", "data sha256   " + "ab" * 32,
-                 "Ankle boot", "commit        - (not committed yet"):
+                 "Ankle boot", "commit        - (not committed yet", environment):
         assert text in card, card
     assert cli(["--info", "--json", "--model", str(model_file)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["classes"] == list(CLASSES) and info["best_epoch"] == 3 and info["commit"] is None
+    assert info["environment"]["torch"] == version("torch") and len(info["environment"]["lock_sha256"]) == 64
+
+
+@pytest.mark.parametrize("environment", [None, {"python": 3.11}, {"python": "x" * 500}, {"torch": "2\x1b[2J"}, "3.11"])
+def test_a_card_without_a_proper_environment_record_says_unknown(model_file, tmp_path, capsys, environment):
+    """An older model file has none; a file from elsewhere may hold anything: the card prints none of it."""
+    record = torch.load(model_file, weights_only=True)
+    if environment is None:
+        del record["environment"]
+    else:
+        record["environment"] = environment
+    path = tmp_path / "model.pt"
+    torch.save(record, path)
+    assert cli(["--info", "--model", str(path)]) == 0
+    assert "environment   unknown (a model file older than the record)" in capsys.readouterr().out
 
 
 def test_fmnist_predict_is_a_console_script():
