@@ -75,8 +75,11 @@ def run(main: Callable[[], object]) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = main()
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would be a printed warning
     except PipelineError as exc:
         _fail(f"error: {exc}", 1)
+    except BrokenPipeError:  # the reader went away (`fmnist-predict ... | head`): as quiet as a shell tool
+        _pipe_closed()
     except OSError as exc:  # a file the code didn't expect to fail, e.g. a log written by a library
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"error: {where}{exc.strerror or exc}", 1)
@@ -91,6 +94,15 @@ def run(main: Callable[[], object]) -> None:
         _fail(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
               f"(this is a bug; FMNIST_DEBUG=1 shows the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _pipe_closed() -> None:
+    """Exit as `yes | head` does (128 + SIGPIPE), saying nothing: what's unwritten has no reader.
+    stdout goes to /dev/null first, so the flush at exit doesn't fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(128 + signal.SIGPIPE)
 
 
 def _fail(message: str, code: int) -> None:

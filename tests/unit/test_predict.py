@@ -10,6 +10,7 @@ import hashlib
 import json
 import platform
 import signal
+import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -110,3 +111,17 @@ def test_fmnist_predict_is_a_console_script():
     assert [s.value for s in scripts] == ["fmnist.predict:main"]
     if sys.prefix != sys.base_prefix:  # in a virtualenv (make test's .venv): the command is there
         assert (Path(sys.executable).parent / "fmnist-predict").is_file()
+
+
+def test_piped_into_head_it_ends_quietly(model_file, tmp_path):
+    """`fmnist-predict --json *.png | head -n 2`: two lines, nothing on stderr, exit 141 (SIGPIPE's, as
+    `yes | head` gives), however much was left unwritten."""
+    (tmp_path / "pics").mkdir()
+    for i in range(600):  # a JSON array of some 200 KB: more than a pipe holds, so the writes meet a closed pipe
+        (tmp_path / "pics" / f"{i:03}.png").write_bytes(png(torch.full((28, 28), i % 256, dtype=torch.uint8)))
+    script = (f'"{sys.executable}" -m fmnist.predict --json --model "{model_file}" pics/*.png 2>err | head -n 2; '
+              'echo "${PIPESTATUS[0]}" >status')
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300).stdout
+    assert len(out.splitlines()) == 2 and out.startswith("["), out
+    assert (tmp_path / "err").read_text() == ""
+    assert (tmp_path / "status").read_text().strip() == str(128 + signal.SIGPIPE)
