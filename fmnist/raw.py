@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fmnist.dataset import MAX_COUNT, OFFICIAL_COUNTS, SIZE
 from fmnist.errors import DataError
@@ -198,13 +199,18 @@ def _fetch(url: str, path: Path, limit: int) -> str:
     md5 = hashlib.md5(usedforsecurity=False)
     request = urllib.request.Request(url, headers={"User-Agent": "pytorch/vision"})  # torchvision's, which the mirror knows
     with urllib.request.urlopen(request, timeout=60) as response, open(path, "wb") as out:
-        done = 0
-        while chunk := response.read(_CHUNK):
-            done += len(chunk)
-            if done > limit:
-                raise DataError(f"{url}: more than {size_text(limit)}, larger than the file can be; not read further")
-            md5.update(chunk)
-            out.write(chunk)
+        declared = response.headers.get("Content-Length")
+        total = int(declared) if declared and declared.isdigit() and int(declared) <= limit else None
+        # A bar on a terminal only (disable=None): logs and CI get the "downloading" line alone.
+        with tqdm(total=total, desc=path.name, unit="B", unit_scale=True, leave=False, disable=None) as bar:
+            done = 0
+            while chunk := response.read(_CHUNK):
+                done += len(chunk)
+                if done > limit:
+                    raise DataError(f"{url}: more than {size_text(limit)}, larger than the file can be; not read further")
+                md5.update(chunk)
+                out.write(chunk)
+                bar.update(len(chunk))
     return md5.hexdigest()
 
 
