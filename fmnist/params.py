@@ -26,7 +26,7 @@ PARAMS_FILE = "params.yaml"
 # train.model names one of the nets of fmnist.model (its ARCHITECTURES; a test keeps the
 # two lists equal). Named here rather than imported, so that editing a net's definition
 # doesn't make the stages that only read params (prepare) rerun.
-MODELS = ("cnn3v2", "cnn3", "cnn3_small", "cnn", "lenet")
+MODELS = ("cnn3v2", "cnn6", "cnn3", "cnn3_small", "cnn", "lenet")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -23,7 +23,7 @@ def test_bench_writes_a_row_per_contender_with_every_seed(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(ROOT / "bench/bench.py"), "--raw", str(raw), "--params",
                            str(tmp_path / "params.yaml"), "--out", str(out), "--seeds", "0", "1",
-                           "--reference-epochs", "1"], cwd=tmp_path, capture_output=True, text=True)
+                           "--profiles", "default", "fast", "--reference-epochs", "1"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.with_suffix(".json").read_text())
     rows = result["rows"]
@@ -34,13 +34,15 @@ def test_bench_writes_a_row_per_contender_with_every_seed(tmp_path):
         assert row["train_seconds"] > 0 and row["peak_rss_mib"] > 0 and row["images_per_second"] > 0
         assert all(0 <= a <= 1 for a in row["test_accuracies"])
         assert row["test_accuracy_min"] == min(row["test_accuracies"])
+        assert list(row["seconds_to"]) == ["0.89", "0.94", "0.945"]  # on tiny data mostly None: not reached
     assert rows[0]["evaluate_seconds"] is None
     for row in rows[1:]:  # the profiles ran both stages as subprocesses
         assert row["evaluate_seconds"] > 0
         assert row["train_evaluate_seconds"] == row["train_seconds"] + row["evaluate_seconds"]
     table = out.with_suffix(".md").read_text().splitlines()
     header = [cell.strip() for cell in table[0].split("|")[1:-1]]
-    assert header[:3] == ["run", "seeds", "test acc per seed (%)"] and len(header) == 13
+    assert header[:3] == ["run", "seeds", "test acc per seed (%)"] and len(header) == 15
+    assert header[8:11] == ["time to 89% (s)", "time to 94% (s)", "time to 94.5% (s)"]
     assert all(len(line.split("|")) == len(table[0].split("|")) for line in table[1:5])
     assert [line.split("|")[1].strip() for line in table[2:5]] == ["reference", "default", "fast"]
     assert len(table[3].split("|")[3].split()) == 2  # both seeds' accuracies listed

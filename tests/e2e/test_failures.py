@@ -31,6 +31,10 @@ from helpers import (
 from fmnist.io import torch_bytes
 from fmnist.model_file import load_model
 
+# Its tests share a module fixture that takes a minute to build: one worker builds it, once
+# (pyproject.toml runs pytest with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("failures")
+
 
 # --- the stages, as subprocesses, on a reproduced pipeline -------------------------
 

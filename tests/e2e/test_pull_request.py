@@ -34,6 +34,10 @@ import pytest
 
 from helpers import ROOT, Repo, make_repo, set_params, table_row, write_raw
 
+# Its tests share a module fixture that takes a minute to build: one worker builds it, once
+# (pyproject.toml runs pytest with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("pull_request")
+
 WORKFLOW = ".github/workflows/pull-request.yml"
 STANDINS = ROOT / "tests" / "act"
 NUMBER = 7  # the pull request's number

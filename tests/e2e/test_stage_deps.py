@@ -16,7 +16,9 @@ import pytest
 
 from helpers import ROOT, make_repo, set_params, write_raw
 
-pytestmark = pytest.mark.e2e
+# Its tests share a module fixture that takes a minute to build: one worker builds it, once
+# (pyproject.toml runs pytest with --dist loadgroup).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stage_deps")]
 
 STAGES = {"download", "prepare", "train", "evaluate", "export"}
 # concept: (a definition that holds it, the stages an edit may mark, the stages it must mark)

@@ -445,7 +445,7 @@ def test_a_model_file_padded_to_4_gb_is_refused_unread(model_file, tmp_path):
     code, out, err, peak = predict(tmp_path, "--model", str(big), str(picture))
     assert code == 1 and out == "" and lines(err) == [
         f"error: {big}: 4,000,000,000 bytes (4,000.0 MB), larger than a model file of this project can be "
-        f"(the limit is {MAX_MODEL_BYTES:,} bytes (1.9 MB)); expected a model file of this project (models/model.pt)"]
+        f"(the limit is {MAX_MODEL_BYTES:,} bytes (2.2 MB)); expected a model file of this project (models/model.pt)"]
     assert peak < PEAK_BOUND, f"peak {peak / 1e6:.0f} MB"
     with pytest.raises(DataError, match=f"^{big}: 4,000,000,000 bytes .* larger than a model file of this project"):
         load_model(big)
@@ -462,7 +462,7 @@ def test_a_torch_file_whose_records_declare_more_than_the_bound_is_not_inflated(
         out.writestr("archive/data/padding", bytes(8 << 20))
     assert len(bomb.getvalue()) < MAX_MODEL_BYTES
     with pytest.raises(DataError, match=r"^m.pt: its records declare 8,\d{3},\d{3} bytes \(8.\d MB\), more than a model "
-                                        r"file of this project can hold \(the limit is 1,910,648 bytes"):
+                                        r"file of this project can hold \(the limit is 2,204,848 bytes"):
         model_from_bytes(bomb.getvalue(), "m.pt")
 
 

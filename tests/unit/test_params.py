@@ -53,7 +53,7 @@ def test_the_committed_params_are_valid():
     ("train", "lr", float("inf"), "train.lr: got inf"),
     ("train", "lr", "fast", "train.lr: got 'fast'"),
     ("train", "device", "tpu", "train.device: got 'tpu', expected one of auto, cpu, cuda, mps"),
-    ("train", "model", "resnet", "train.model: got 'resnet', expected one of cnn3v2, cnn3, cnn3_small, cnn, lenet"),
+    ("train", "model", "resnet", "train.model: got 'resnet', expected one of cnn3v2, cnn6, cnn3, cnn3_small, cnn, lenet"),
     ("train", "optimizer", "adam", "train.optimizer: got 'adam', expected one of sgd, adamw"),
     ("data", "val_size", 60000, "data.val_size: got 60000, expected an integer from 1 to 59999"),
     ("train", "augment", "yes", "train.augment: got 'yes', expected true or false"),
