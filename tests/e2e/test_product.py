@@ -1,4 +1,4 @@
-"""The model as a product, through DVC: the ONNX export against PyTorch and the README's
+"""The model as a product, through DVC: the ONNX export against PyTorch and docs/model.md's
 serving snippet; registered versions read back from a fresh clone by `fmnist-predict`.
 
 The pictures and `fmnist-predict` alone are unit-tested in unit/test_images.py and
@@ -27,10 +27,10 @@ def predict_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fmnist.predict"]
 
 
-def readme_serving_snippet() -> str:
-    text = (ROOT / "README.md").read_text()
+def serving_snippet() -> str:
+    text = (ROOT / "docs/model.md").read_text()
     blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python") and "onnxruntime" in b]
-    assert len(blocks) == 1, "README.md should show one python snippet serving the ONNX model"
+    assert len(blocks) == 1, "docs/model.md should show one python snippet serving the ONNX model"
     return blocks[0]
 
 
@@ -69,10 +69,10 @@ def test_the_onnx_export_matches_pytorch_on_the_test_split_and_is_reproducible(t
     assert (repo.path / "models/model.onnx").read_bytes() == onnx_bytes
     assert repo.dvc("status", "--json").stdout.strip() == "{}"
 
-    # The README's serving snippet works as printed, on a stored test image.
+    # The docs' serving snippet works as printed, on a stored test image.
     (repo.path / "pics").mkdir()
     (repo.path / "pics/boot.png").write_bytes(png(test["images"][0]))
-    proc = repo.run(sys.executable, "-c", readme_serving_snippet())
+    proc = repo.run(sys.executable, "-c", serving_snippet())
     assert proc.stdout.startswith(CLASSES[int(expected[0].argmax())] + " "), proc.stdout
 
 

@@ -123,7 +123,7 @@ def test_s3_remote_push_then_pull_in_a_fresh_clone(tmp_path, tiny_raw, s3_endpoi
     repo = setup_repo(tmp_path, tiny_raw)
     repro_and_commit(repo)
 
-    # The README's set-up: the remote in .dvc/config (committed), credentials in
+    # The set-up of docs/remotes.md: the remote in .dvc/config (committed), credentials in
     # .dvc/config.local (git-ignored) here, and from the environment in the clone.
     repo.dvc("remote", "add", "-d", "team", f"s3://{BUCKET}/dvc-store")
     repo.dvc("remote", "modify", "team", "endpointurl", s3_endpoint)

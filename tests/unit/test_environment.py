@@ -243,6 +243,7 @@ def test_describe_names_python_torch_platform_and_the_locks_digest(tmp_path):
         "python": platform.python_version(),
         "torch": metadata.version("torch"),
         "platform": f"{sys.platform}-{platform.machine().lower()}",
+        "lock": path.as_posix(),
         "lock_sha256": hashlib.sha256(SAMPLE.encode()).hexdigest(),
     }
     path.write_text(SAMPLE.replace("torch==2.14.1", "torch==2.14.2"))

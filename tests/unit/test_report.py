@@ -129,8 +129,8 @@ def test_the_reports_charts_render_as_github_draws_them(tmp_path):
     # A line shorter than the x-axis is not drawn (NaN in its path): the script must see that.
     broken = tmp_path / "broken.md"
     broken.write_text('```mermaid\nxychart-beta\n    x-axis "epoch" [1, 2, 3]\n    line [0.5, 0.4]\n```\n')
-    readme = ROOT / "README.md"  # it shows a real comment's chart
-    proc = subprocess.run([node, str(ROOT / "tests" / "mermaid.mjs"), str(NODE_MODULES), *map(str, (path, readme, broken))],
+    page = ROOT / "docs/pull-requests.md"  # it shows a real comment's chart
+    proc = subprocess.run([node, str(ROOT / "tests" / "mermaid.mjs"), str(NODE_MODULES), *map(str, (path, page, broken))],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     charts = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -141,6 +141,6 @@ def test_the_reports_charts_render_as_github_draws_them(tmp_path):
         # Four lines in the caption's colours, each drawn through all 5 epochs.
         assert [line["stroke"] for line in chart["lines"]] == PALETTE
         assert all(line["points"] == 5 and not line["nan"] for line in chart["lines"]), chart
-    readme_charts = [c for c in charts if c["file"] == str(readme)]
-    assert readme_charts and all(c["lines"] and not any(line["nan"] for line in c["lines"]) for c in readme_charts)
+    page_charts = [c for c in charts if c["file"] == str(page)]
+    assert page_charts and all(c["lines"] and not any(line["nan"] for line in c["lines"]) for c in page_charts)
     assert [c["lines"][0]["nan"] for c in charts if c["file"] == str(broken)] == [True]
