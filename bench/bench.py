@@ -139,6 +139,7 @@ def prepare(raw: Path, params: dict, folder: Path) -> Path:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "data" / "raw").symlink_to(raw.resolve())
     (folder / "stages").symlink_to(ROOT / "stages")
+    (folder / "requirements").symlink_to(ROOT / "requirements")  # the lock the model card records
     subprocess.run(stage_command("prepare"), cwd=folder, env=child_env(), check=True, stdout=subprocess.DEVNULL)
     return folder / "data" / "prepared"
 
@@ -151,6 +152,7 @@ def run_stages(prepared: Path, params: dict) -> dict:
         (folder / "data").mkdir()
         (folder / "data" / "prepared").symlink_to(prepared.resolve())
         (folder / "stages").symlink_to(ROOT / "stages")
+        (folder / "requirements").symlink_to(ROOT / "requirements")
         seconds = {}
         for stage in ("train", "evaluate"):
             t0 = time.perf_counter()
