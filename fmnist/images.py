@@ -17,7 +17,7 @@ a JPEG is decoded in grey and at a reduced scale (libjpeg's DCT scaling, Pillow'
 grey and down to at most WORK pixels on its long edge a strip at a time (box averaging,
 Pillow's `reduce`). A picture at most WORK pixels across is decoded whole, pixel for
 pixel. Peak memory is then the decoded picture and one strip: bench/pictures.py
-measures it (`python bench/pictures.py`; its figures are in the README, "Pictures in").
+measures it (`python bench/pictures.py`; its figures are in docs/model.md, "Pictures in").
 Pillow's own messages (DecompressionBombWarning, EXIF warnings) and what the C
 decoders print on stderr never reach the terminal: a bad picture costs one line.
 
@@ -63,7 +63,7 @@ PICTURE_HINT = f"expected a {FORMAT_NAMES} picture"
 # 2^29 pixels (537 megapixels, e.g. 26,000 x 20,650): 2.7 times the largest phone camera's
 # 200 MP and beyond the 400 MP of medium-format cameras' pixel-shift shots. A header
 # declaring more is refused before any pixel is decoded (a few kilobytes of PNG can
-# declare 10 gigapixels). What a picture at the limit costs: the README, "Pictures in".
+# declare 10 gigapixels). What a picture at the limit costs: docs/model.md, "Pictures in".
 MAX_PIXELS = 1 << 29
 # Two kinds cost more a pixel than the 4 bytes of a decoded PNG, TIFF or BMP (measured:
 # bench/pictures.py), so their limits are lower, to cost no more than a PNG at the limit:
