@@ -268,17 +268,17 @@ def markdown(rows: list[dict]) -> str:
     first = str(TARGETS[0])
     for r in rows:
         per_seed = " ".join(f"{a:.2%}".rstrip("%") for a in r["test_accuracies"])
-        lines.append(
+        lines.append((
             f"| {r['name']} | {r['runs']} | {per_seed} | {r['test_accuracy_mean']:.2%} | {r['test_accuracy_min']:.2%} "
             f"| {_seconds(r['train_seconds'])} | {_seconds(r['evaluate_seconds'])} "
             f"| {_seconds(r['train_evaluate_seconds'])} | "
             + " | ".join(_seconds(r["seconds_to"].get(str(t))) for t in TARGETS) + " "
             f"| {r['peak_rss_mib']:.0f} "
             f"| {_fraction(r['train_seconds'], ref_time)} | {_fraction(r['train_evaluate_seconds'], ref_time)} "
-            f"| {_fraction(r['seconds_to'].get(first), ref['seconds_to'].get(first))} |".replace("%", ""))
+            f"| {_fraction(r['seconds_to'].get(first), ref['seconds_to'].get(first))} |").replace("%", ""))
     notes = [
         "",
-        f"The reference's times are its training loop's alone (no start-up, no data loading), its time to "
+        f"The reference's times are its training loop's alone (no start-up, no data loading), its "
         f"times to each accuracy are at epoch granularity and its accuracy is its last epoch's; the profiles' stage times "
         f"are the `python stages/...` commands' wall times, start-up included, their times to each accuracy are "
         f"scored every {CHECK_EVERY} steps.",

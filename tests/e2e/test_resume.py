@@ -75,7 +75,7 @@ def test_resume_under_ddp_after_rank_0_was_killed(tmp_path):
     repo = make_repo(tmp_path / "repo", raw, params={**KILL_PARAMS, "train": {**KILL_PARAMS["train"], "resume": True}})
     repo.dvc("repro", "prepare")
     cmd = torchrun("--standalone", "--nproc_per_node=2")
-    out = repo.run(*cmd[:-4], *REF_OUTPUTS).stdout
+    out = repo.run(*torchrun("--standalone", "--nproc_per_node=2", outputs=REF_OUTPUTS)).stdout
     assert "starting afresh" in out
     # No restarts: killing rank 0 (the one that writes the checkpoint) ends the run...
     out, = launch([repo], cmd, tmp_path, kill_rank=0)
