@@ -138,6 +138,14 @@ def table_row(markdown: str, first_cell: str) -> list[str]:
 
 
 
+def reproduced_repo(folder: Path) -> Repo:
+    """A scratch repo on tiny raw data in `folder`, its pipeline reproduced and committed."""
+    repo = make_repo(folder / "repo", write_raw(folder / "raw"))
+    repo.dvc("repro")
+    repo.commit("reproduced")
+    return repo
+
+
 def make_repo(path: Path, raw_source: Path, params: dict = TINY_PARAMS) -> Repo:
     path.mkdir(parents=True)
     for item in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
@@ -401,6 +409,16 @@ def leaves(node, path=()):
             yield from leaves(value, path + (i,))
     if path:
         yield path
+
+
+def put_junk(data, nest) -> tuple:
+    """Replace one value of `nest`, at a place hypothesis draws, with JUNK; the place's path."""
+    where = data.draw(st.sampled_from(sorted(leaves(nest), key=str)))
+    node = nest
+    for part in where[:-1]:
+        node = node[part]
+    node[where[-1]] = data.draw(JUNK)
+    return where
 
 
 # What a damaged file may hold in any one place.

@@ -25,8 +25,8 @@ import torch
 import yaml
 
 from helpers import (
-    ROOT, SLOW, TINY_PARAMS, assert_clean_failure, file_size_limit, make_repo, one_line, set_params, start_repro,
-    wait_for, write_raw,
+    ROOT, SLOW, TINY_PARAMS, assert_clean_failure, file_size_limit, make_repo, one_line, reproduced_repo, set_params,
+    start_repro, wait_for, write_raw,
 )
 from fmnist.io import torch_bytes
 from fmnist.model_file import load_model
@@ -75,11 +75,7 @@ def no_temporaries(repo) -> list[str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A pipeline reproduced once on tiny data; each test puts back what it damages."""
-    tmp = tmp_path_factory.mktemp("damage")
-    repo = make_repo(tmp / "repo", write_raw(tmp / "raw"))
-    repo.dvc("repro")
-    repo.commit("reproduced")
-    return repo
+    return reproduced_repo(tmp_path_factory.mktemp("damage"))
 
 
 @pytest.fixture

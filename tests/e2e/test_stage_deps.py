@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, make_repo, set_params, write_raw
+from helpers import ROOT, reproduced_repo, set_params
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once
 # (pyproject.toml runs pytest with --dist loadgroup).
@@ -65,10 +65,7 @@ def marked(repo) -> set[str]:
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """The pipeline reproduced and committed in a scratch repo: `dvc status` says nothing."""
-    root = tmp_path_factory.mktemp("deps")
-    repo = make_repo(root / "repo", write_raw(root / "raw"))
-    repo.dvc("repro")
-    repo.commit("reproduced")
+    repo = reproduced_repo(tmp_path_factory.mktemp("deps"))
     assert marked(repo) == set()
     return repo
 

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import JUNK, ROOT, leaves, one_line, synthetic, tiny
+from helpers import ROOT, one_line, put_junk, synthetic, tiny
 from fmnist.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.distributed import steps_per_epoch
 from fmnist.io import torch_bytes
@@ -180,11 +180,7 @@ def test_any_value_anywhere_in_a_checkpoint_is_refused_or_trains_on(request, opt
     """No damage makes the stage fail later: restore() refuses it or the run trains to its end."""
     saved = request.getfixturevalue("genuine" if optimizer == "sgd" else "genuine_adamw")[0]
     checkpoint = copy.deepcopy(saved)
-    where = data.draw(st.sampled_from(sorted(leaves(checkpoint), key=str)))
-    node = checkpoint
-    for part in where[:-1]:
-        node = node[part]
-    node[where[-1]] = data.draw(JUNK)
+    put_junk(data, checkpoint)
     try:
         net, progress = resume_and_finish(checkpoint, P if optimizer == "sgd" else ADAMW)
     except ResumeError as exc:

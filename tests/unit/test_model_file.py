@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import JUNK, leaves, one_line, synthetic
+from helpers import one_line, put_junk, synthetic
 from fmnist.classifier import Classifier, score
 from fmnist.dataset import CLASSES
 from fmnist.errors import DataError
@@ -95,11 +95,7 @@ def load_model_from_bytes(data: bytes):
 def test_any_value_anywhere_in_a_model_file_is_refused_or_scores(data):
     """What evaluate does with the model: a DataError, or a net that scores the test set."""
     model = good_model()
-    where = data.draw(st.sampled_from(sorted(leaves(model), key=str)))
-    node = model
-    for part in where[:-1]:
-        node = node[part]
-    node[where[-1]] = data.draw(JUNK)
+    put_junk(data, model)
     try:
         net, _ = load_model_from_bytes(torch_bytes(model))
     except DataError as exc:
