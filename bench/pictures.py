@@ -6,9 +6,9 @@
 
 Each case writes one picture into a scratch folder (a PNG or BMP written a row at a time,
 the others by Pillow), then reads it in a fresh process the way fmnist-predict does
-(fmnist.predict.read_picture: bounded read, decode, to 28x28) and reports that process's
+(fmnist.serve.predict.read_picture: bounded read, decode, to 28x28) and reports that process's
 peak resident memory (VmHWM) after its imports and at the end: the difference is what the
-picture cost. Cases, at fmnist.images.MAX_PIXELS unless the format can't be that large:
+picture cost. Cases, at fmnist.serve.images.MAX_PIXELS unless the format can't be that large:
 PNG RGBA 8-bit and 16-bit, grey PNG, baseline and progressive JPEG (4:2:0 colour, as
 cameras write it; progressive at its own limit), CMYK JPEG (baseline and progressive), TIFF (deflate), BMP (24-bit, as large as MAX_FILE_BYTES
 lets it be), GIF, WebP (at its own, lower limit, MAX_WEBP_PIXELS). The `batches` case runs
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fmnist.images import MAX_FILE_BYTES, MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS  # noqa: E402
+from fmnist.serve.images import MAX_FILE_BYTES, MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS  # noqa: E402
 
 # The peak resident memory of this process: VmHWM, which starts afresh at exec (ru_maxrss
 # would start at the parent's peak: Linux carries it across fork and exec).
@@ -47,7 +47,7 @@ def hwm():
 READER = HWM + """
 import json, sys, time
 from pathlib import Path
-from fmnist.predict import read_picture
+from fmnist.serve.predict import read_picture
 before, start = hwm(), time.perf_counter()
 try:
     pixels = read_picture(Path(sys.argv[1]))
@@ -159,8 +159,8 @@ def batches(folder: Path, counts: tuple[int, ...] = (10, 2000)) -> list[dict]:
     """fmnist-predict on `count` small pictures (one file named many times) with a fresh model."""
     import torch
 
-    from fmnist.model import build_model
-    from fmnist.model_file import save_model
+    from fmnist.model.nets import build_model
+    from fmnist.model.model_file import save_model
 
     model = folder / "model.pt"
     torch.manual_seed(0)
@@ -170,7 +170,7 @@ def batches(folder: Path, counts: tuple[int, ...] = (10, 2000)) -> list[dict]:
     write_png(picture, 300, 400, 2, 1)
     rows = []
     for count in counts:
-        code = HWM + "import sys\nfrom fmnist.predict import cli\ncode = cli(sys.argv[1:])\nprint(hwm(), file=sys.stderr)"
+        code = HWM + "import sys\nfrom fmnist.serve.predict import cli\ncode = cli(sys.argv[1:])\nprint(hwm(), file=sys.stderr)"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", code, "--model", str(model), *[str(picture)] * count],

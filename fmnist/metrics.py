@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from fmnist.dataset import CLASSES
+from fmnist.core.dataset import CLASSES
 
 def summarize(labels: np.ndarray, probs: np.ndarray, loss: float) -> dict:
     """The headline test figures of metrics/eval.json: accuracy (a fraction), loss, macro F1."""

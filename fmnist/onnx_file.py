@@ -2,7 +2,7 @@
 
     data = onnx_bytes(Classifier(net, mirror=True), metadata={"classes": json.dumps(classes)})
 
-The graph is fmnist.classifier.Classifier exported whole: stored pixels in (INPUT),
+The graph is fmnist.model.classifier.Classifier exported whole: stored pixels in (INPUT),
 class probabilities out (OUTPUT), what the evaluate stage scores, with normalisation and
 mirror-averaging inside, so it needs no preprocessing code.
 """
@@ -14,12 +14,12 @@ import io
 
 import torch
 
-from fmnist.classifier import Classifier
-from fmnist.errors import PipelineError
+from fmnist.model.classifier import Classifier
+from fmnist.core.errors import PipelineError
 
 INPUT, OUTPUT = "pixels", "probabilities"
 INPUT_DOC = ("uint8 pixels (N, 1, 28, 28), 0-255, a light garment on a dark ground, "
-             "as data/prepared stores them (fmnist.images.to_fashion_mnist makes them from a picture)")
+             "as data/prepared stores them (fmnist.serve.images.to_fashion_mnist makes them from a picture)")
 OUTPUT_DOC = "float32 class probabilities (N, 10), in the order of the 'classes' metadata"
 
 

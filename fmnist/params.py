@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 import yaml
 
-from fmnist.dataset import OFFICIAL_COUNTS
-from fmnist.errors import ParamError, one_line, reason, shown
+from fmnist.core.dataset import OFFICIAL_COUNTS
+from fmnist.core.errors import ParamError, one_line, reason, shown
 
 PARAMS_FILE = "params.yaml"
-# train.model names one of the nets of fmnist.model (its ARCHITECTURES; a test keeps the
+# train.model names one of the nets of fmnist.model.nets (its ARCHITECTURES; a test keeps the
 # two lists equal). Named here rather than imported, so that editing a net's definition
 # doesn't make the stages that only read params (prepare) rerun.
 MODELS = ("cnn3v2", "cnn6", "cnn3", "cnn3_small", "cnn", "lenet")

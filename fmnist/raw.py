@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fmnist.dataset import MAX_COUNT, OFFICIAL_COUNTS, SIZE
-from fmnist.errors import DataError
-from fmnist.io import open_bounded, read_bytes, size_text
+from fmnist.core.dataset import MAX_COUNT, OFFICIAL_COUNTS, SIZE
+from fmnist.core.errors import DataError
+from fmnist.core.io import open_bounded, read_bytes, size_text
 
 # The four files of the standard release, keyed by split and kind.
 RAW_FILES = {
@@ -124,7 +124,7 @@ def read_idx(stream: BinaryIO, name: str, kind: str) -> bytearray:
     """The uncompressed bytes of the IDX file `stream` holds (gzipped or not), checked, read
     as a stream: never more than the header announces, nor more than MAX_COUNT items.
 
-    `stream` needs peek() (open() and fmnist.io.open_bounded give one). Raises DataError
+    `stream` needs peek() (open() and fmnist.core.io.open_bounded give one). Raises DataError
     naming `name` for anything else: bad gzip, short header, wrong magic number or
     dimensions, a payload shorter or longer than the header announces.
     """

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from fmnist.dataset import CLASSES, MAX_COUNT, SIZE
-from fmnist.errors import DataError
-from fmnist.io import load_torch
+from fmnist.core.dataset import CLASSES, MAX_COUNT, SIZE
+from fmnist.core.errors import DataError
+from fmnist.core.io import load_torch
 
 PREPARED_HINT = "re-create it with `dvc repro --force prepare`"
 # A split holds at most the whole data set: MAX_COUNT uint8 images of SIZE x SIZE and

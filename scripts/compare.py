@@ -30,11 +30,11 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from fmnist.errors import PipelineError, run
-from fmnist.io import save_figure, write_text
+from fmnist.core.errors import PipelineError, run
+from fmnist.core.io import save_figure, write_text
 from fmnist.params import load_params
-from fmnist.provenance import git, git_commit
-from fmnist.report import (
+from fmnist.serve.provenance import git, git_commit
+from fmnist.serve.report import (
     CURVES, confusion_figure, confusion_matrix, curves_figure, metrics_table, per_class_f1_table,
     render_markdown, verdict,
 )

@@ -35,9 +35,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # fmnist.errors (stdlib only): this runs on the base Python, not .venv's
+sys.path.insert(0, str(ROOT))  # fmnist.core.errors (stdlib only): this runs on the base Python, not .venv's
 
-from fmnist.errors import PipelineError, run  # noqa: E402
+from fmnist.core.errors import PipelineError, run  # noqa: E402
 
 try:
     import tomllib

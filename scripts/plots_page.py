@@ -21,8 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fmnist.errors import PipelineError, run
-from fmnist.io import write_text
+from fmnist.core.errors import PipelineError, run
+from fmnist.core.io import write_text
 
 # The majors dvc-render's templates and its own page are written for (vega@5, vega-lite@5,
 # vega-embed@6); each file is the package's browser build.

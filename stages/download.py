@@ -16,8 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from fmnist.errors import run
-from fmnist.io import write_folder
+from fmnist.core.errors import run
+from fmnist.core.io import write_folder
 from fmnist.raw import RAW_ENV, fetch_raw
 
 

@@ -12,9 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from fmnist.dataset import CLASSES
-from fmnist.errors import DataError, ParamError, run
-from fmnist.io import torch_bytes, write_folder
+from fmnist.core.dataset import CLASSES
+from fmnist.core.errors import DataError, ParamError, run
+from fmnist.core.io import torch_bytes, write_folder
 from fmnist.params import load_params, val_size_problem
 from fmnist.raw import RAW_FILES, read_raw_split
 from fmnist.splits import class_counts, split_file, split_train_val

@@ -12,7 +12,7 @@ run while it trains. After every epoch the full training state goes to CHECKPOIN
 which `train.resume: true` continues an interrupted run. At the end the weights of the
 epoch with the best validation accuracy go to MODEL, with the params, class names and
 data hash they were trained with, and the environment that trained them: Python, torch,
-platform and the sha256 of LOCK, the runtime lock's versions (fmnist/model_file.py).
+platform and the sha256 of LOCK, the runtime lock's versions (fmnist/model/model_file.py).
 
 When the file named by FMNIST_STOP_FILE appears (a sweep pruning this trial), a
 one-process run stops at its next check, drops the epoch under way and ends as if that
@@ -34,16 +34,16 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from fmnist.checkpoint import checkpoint_state, resume, run_key, share_restored
-from fmnist.device import pick_device, pick_dtype, to_device
-from fmnist.distributed import init_distributed, peers_lost, relaunch_under_torchrun, steps_per_epoch
-from fmnist.errors import ParamError, run
-from fmnist.io import save_torch, write_json, writing
-from fmnist.environment import describe
-from fmnist.model_file import save_model
+from fmnist.training.checkpoint import checkpoint_state, resume, run_key, share_restored
+from fmnist.model.device import pick_device, pick_dtype, to_device
+from fmnist.training.distributed import init_distributed, peers_lost, relaunch_under_torchrun, steps_per_epoch
+from fmnist.core.errors import ParamError, run
+from fmnist.core.io import save_torch, write_json, writing
+from fmnist.training.environment import describe
+from fmnist.model.model_file import save_model
 from fmnist.params import load_params, size_problems
 from fmnist.splits import load_nonempty_split, load_split
-from fmnist.training import Progress, Settings, build, fit
+from fmnist.training.loop import Progress, Settings, build, fit
 
 
 def summary(progress: Progress) -> dict:

@@ -30,12 +30,12 @@ import yaml
 from hypothesis import strategies as st
 from PIL import Image
 
-from fmnist.dataset import CLASSES
-from fmnist.device import to_device_layout
-from fmnist.environment import describe
-from fmnist.model import build_model
-from fmnist.model_file import save_model
-from fmnist.training import Settings, TrainState, seed_everything, train_epoch
+from fmnist.core.dataset import CLASSES
+from fmnist.model.device import to_device_layout
+from fmnist.training.environment import describe
+from fmnist.model.nets import build_model
+from fmnist.model.model_file import save_model
+from fmnist.training.loop import Settings, TrainState, seed_everything, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -379,9 +379,10 @@ def imports(path: Path, root: Path = ROOT) -> set[str]:
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
         for name in names:
+            parts = name.split(".")
             candidates = [root / (name.replace(".", "/") + ".py"), root / "stages" / f"{name}.py"]
-            if name.startswith("fmnist"):
-                candidates.append(root / "fmnist/__init__.py")
+            if parts[0] == "fmnist":  # importing fmnist.a.b runs fmnist/__init__.py and fmnist/a/__init__.py
+                candidates += [root.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts) + 1)]
             for file in candidates:
                 rel = str(file.relative_to(root))
                 if file.is_file() and rel not in seen:
@@ -441,7 +442,7 @@ def optuna_trial(number: int, state=None, value=None, **attrs):
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from fmnist.study import EXPERIMENT
+    from fmnist.sweep.study import EXPERIMENT
 
     state = TrialState.COMPLETE if state is None else state
     t = create_trial(state=state, value=value if state == TrialState.COMPLETE else None,

@@ -28,7 +28,7 @@ from helpers import (
     KILL_PARAMS, RUNTIME_LOCK, TRAIN_OUTPUTS, assert_same_run, final_state, launch, make_repo, needs_proc, torchrun,
     workers_of, write_raw,
 )
-from fmnist.model_file import load_model
+from fmnist.model.model_file import load_model
 
 DDP_PARAMS = {"data": {"val_size": 60}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu"}}
 

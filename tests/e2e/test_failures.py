@@ -28,8 +28,8 @@ from helpers import (
     ROOT, SLOW, TINY_PARAMS, assert_clean_failure, file_size_limit, make_repo, one_line, reproduced_repo, set_params,
     start_repro, wait_for, write_raw,
 )
-from fmnist.io import torch_bytes
-from fmnist.model_file import load_model
+from fmnist.core.io import torch_bytes
+from fmnist.model.model_file import load_model
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once
 # (pyproject.toml runs pytest with --dist loadgroup).

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from helpers import ROOT, Repo, make_repo, png, run, write_pictures
-from fmnist.classifier import Classifier
-from fmnist.dataset import CLASSES
-from fmnist.model import build_model
+from fmnist.model.classifier import Classifier
+from fmnist.core.dataset import CLASSES
+from fmnist.model.nets import build_model
 
 
 def predict_command() -> list[str]:
     """The console script where the venv has it (`make test` installs it), else its module."""
     script = Path(sys.executable).parent / "fmnist-predict"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fmnist.predict"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fmnist.serve.predict"]
 
 
 def serving_snippet() -> str:

@@ -50,7 +50,7 @@ PARAM_EDITS = {
 def defining_file(pattern: str) -> str:
     """The one file of the package or the scripts that defines `pattern` (a regex)."""
     found = [str(path.relative_to(ROOT)) for folder in ("fmnist", "stages", "scripts")
-             for path in sorted((ROOT / folder).glob("*.py")) if re.search(pattern, path.read_text(), re.M)]
+             for path in sorted((ROOT / folder).rglob("*.py")) if re.search(pattern, path.read_text(), re.M)]
     assert len(found) == 1, (pattern, found)
     return found[0]
 

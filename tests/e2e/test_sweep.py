@@ -25,7 +25,7 @@ import yaml
 from optuna.trial import TrialState
 
 from helpers import make_repo, write_raw
-from fmnist.study import storage_url
+from fmnist.sweep.study import storage_url
 
 SWEEP = str(Path(sys.executable).parent / "fmnist-sweep")
 # A small net that learns the synthetic images in an epoch or two.

@@ -29,16 +29,16 @@ import torch
 from PIL import Image
 
 from helpers import ROOT, idx_bytes, synthetic, write_raw
-from fmnist.checkpoint import max_checkpoint_bytes, resume
-from fmnist.dataset import CLASSES
-from fmnist.errors import DataError
-from fmnist.images import MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS, WORK, decode, to_fashion_mnist
-from fmnist.io import save_torch, torch_bytes
-from fmnist.model import build_model
-from fmnist.model_file import MAX_MODEL_BYTES, load_model, model_from_bytes
+from fmnist.training.checkpoint import max_checkpoint_bytes, resume
+from fmnist.core.dataset import CLASSES
+from fmnist.core.errors import DataError
+from fmnist.serve.images import MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS, WORK, decode, to_fashion_mnist
+from fmnist.core.io import save_torch, torch_bytes
+from fmnist.model.nets import build_model
+from fmnist.model.model_file import MAX_MODEL_BYTES, load_model, model_from_bytes
 from fmnist.raw import download, max_file_bytes, parse_idx, read_idx_file, read_raw_split
 from fmnist.splits import MAX_SPLIT_BYTES, load_split
-from fmnist.training import TrainState
+from fmnist.training.loop import TrainState
 
 PEAK_BOUND = 1 << 30  # bytes of resident memory a refusing command may reach (see the docstring)
 HUGE = 100_000  # pixels a side: 10 gigapixels
@@ -188,7 +188,7 @@ def model_file(tmp_path_factory) -> Path:
 
 
 def predict(tmp_path: Path, *args: str) -> tuple[int, str, str, int]:
-    return run_measured("fmnist.predict", list(args), cwd=tmp_path)
+    return run_measured("fmnist.serve.predict", list(args), cwd=tmp_path)
 
 
 def test_fmnist_predict_refuses_each_liar_in_one_line_and_classifies_the_rest(model_file, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmnist.dataset import CLASSES
+from fmnist.core.dataset import CLASSES
 from fmnist.metrics import misclassified_grid
 
 

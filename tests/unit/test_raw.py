@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import file_md5, idx_bytes, synthetic, write_raw
-from fmnist.errors import DataError
+from fmnist.core.errors import DataError
 from fmnist.raw import check_pair, download, parse_idx
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import write_raw
-from fmnist.errors import DataError
+from fmnist.core.errors import DataError
 from fmnist.raw import RAW_ENV, fetch_raw
 
 

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import one_line, synthetic
-from fmnist.errors import DataError
-from fmnist.io import torch_bytes
+from fmnist.core.errors import DataError
+from fmnist.core.io import torch_bytes
 from fmnist.splits import class_counts, load_split, split_train_val
 
 

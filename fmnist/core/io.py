@@ -1,0 +1,271 @@
+"""Files whole or not at all: atomic writes, checked reads, torch (de)serialisation.
+
+    write_json(Path("metrics/eval.json"), summary)   # temp file + rename: whole or absent
+    save_torch(Path("models/model.pt"), {...})
+    obj = load_torch(Path("models/model.pt"), hint="run the train stage first (dvc repro)")
+
+Writing: everything goes to a temporary file beside its target and is renamed into
+place, so a stage killed at any moment, or a full disk, leaves the previous output or
+none; a failed write raises OutputError naming the file and the cause.
+Reading: a missing, unreadable or damaged file raises DataError naming the file, what is
+wrong and, in `hint`, what to do. Every read is bounded: `read_bytes(path, hint, limit)`
+and `open_bounded(path, hint, limit)` (a stream, for decoders that read as they go) refuse
+a file as soon as it holds more than `limit` bytes, before the rest is read, so a huge
+file, /dev/zero or a pipe fed forever costs one line, not the machine's memory. torch
+files are loaded with weights_only (no code runs from them), after their records'
+declared sizes are checked against the same limit (torch.load would inflate a
+compressed record to whatever size it declares).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import torch
+
+from fmnist.core.errors import DataError, OutputError, one_line, reason
+
+
+def md5_hex(data: bytes) -> str:
+    """The hash DVC records for a file in dvc.lock (`md5:`)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+# --- writing ----------------------------------------------------------------
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, unchanged: bool = False) -> Iterator[None]:
+    """Turn an OSError while writing `path` (no space, file too large, read-only folder)
+    into an OutputError naming it and the cause; a write() that fails on a full disk
+    names no file by itself. `unchanged`: the write was atomic, say what is left."""
+    path = Path(path)
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        left = ("; the previous one is unchanged" if path.exists() else "; nothing was written") if unchanged else ""
+        raise OutputError(f"{path}: could not write it ({reason(exc)}){left}") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success, move it into place in one rename.
+
+    An OSError on the way (no space, file too large, read-only folder) becomes an
+    OutputError naming `path` and the cause; `path` itself is then untouched.
+    """
+    path = Path(path)
+    # A fixed name: what a killed run left behind is cleared by the next one.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with writing(path, unchanged=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove(tmp)
+            yield tmp
+            if tmp.is_file():
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # rename() can't replace a folder with a file, nor a non-empty one
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory: a failing disk then surfaces as a plain OSError on write."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    write_bytes(path, torch_bytes(obj))
+
+
+def figure_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes, rendered in memory."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def save_figure(path: str | Path, fig) -> None:
+    write_bytes(path, figure_bytes(fig))
+
+
+def save_csv(path: str | Path, table) -> None:
+    write_text(path, table.to_csv(index=False))
+
+
+def write_folder(path: str | Path, files: dict[str, bytes]) -> None:
+    """Write a whole folder of files at once: the previous folder stays until all are written."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        for name, data in files.items():
+            with writing(path / name, unchanged=True):  # name the file that didn't fit
+                (tmp / name).write_bytes(data)
+
+
+# --- reading ----------------------------------------------------------------
+
+def size_text(n: int) -> str:
+    """A byte count for a message: 1,234,567 bytes (1.2 MB)."""
+    return f"{n:,} bytes" + (f" ({n / 1e6:,.1f} MB)" if n >= 1e6 else "")
+
+
+def _too_long(name: str, limit: int, what: str, hint: str, size: int | None = None) -> DataError:
+    held = f"{size_text(size)}" if size is not None else f"more than {size_text(limit)}"
+    return DataError(f"{name}: {held}, larger than {what} can be (the limit is {size_text(limit)}); {hint}")
+
+
+class _Bounded(io.RawIOBase):
+    """A binary stream that raises DataError once more than `limit` bytes are read from it
+    (counted from the start of the file: reading byte `limit` + 1 is the failure)."""
+
+    def __init__(self, raw: BinaryIO, name: str, limit: int, what: str, hint: str):
+        super().__init__()
+        self._raw, self._name, self._limit, self._what, self._hint = raw, name, limit, what, hint
+        self._seekable = raw.seekable()
+        self._pos = 0  # bytes read so far on a stream that can't seek
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._seekable
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if not self._seekable:
+            raise io.UnsupportedOperation("seek")
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell() if self._seekable else self._pos
+
+    def readinto(self, buffer) -> int:
+        pos = self.tell()
+        # Never more than one byte past the limit: that byte alone says the file is too long.
+        want = max(0, min(len(buffer), self._limit + 1 - pos))
+        with memoryview(buffer) as view:
+            got = self._raw.readinto(view[:want]) if want else 0
+        got = got or 0
+        self._pos += got
+        if pos + got > self._limit:
+            raise _too_long(self._name, self._limit, self._what, self._hint)
+        return got
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open_raw(path: Path, hint: str) -> BinaryIO:
+    try:
+        return open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; {hint}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({reason(exc)}); {hint}") from None
+
+
+@contextlib.contextmanager
+def open_bounded(path: Path, hint: str, limit: int, what: str = "such a file") -> Iterator[BinaryIO]:
+    """`path` opened as a buffered binary stream that raises DataError, naming the file,
+    `what` it should be and `limit`, as soon as it yields more than `limit` bytes; a
+    regular file whose size already says so is refused before any byte is read.
+
+    Works on anything open() reads: a pipe or /dev/zero is stopped at limit + 1 bytes.
+    Any other OSError while reading is a DataError naming the file too.
+    """
+    raw = _open_raw(path, hint)
+    try:
+        info = os.fstat(raw.fileno())
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise _too_long(str(path), limit, what, hint, size=info.st_size)
+        with io.BufferedReader(_Bounded(raw, str(path), limit, what, hint)) as stream:
+            try:
+                yield stream
+            except DataError:
+                raise
+            except OSError as exc:
+                raise DataError(f"{path}: cannot be read ({reason(exc)}); {hint}") from None
+    finally:
+        raw.close()
+
+
+def read_stream(stream: BinaryIO, name: str, hint: str, limit: int, what: str = "such a file") -> bytes:
+    """All of `stream`, or DataError naming `name` once it holds more than `limit` bytes."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise _too_long(name, limit, what, hint)
+    return data
+
+
+def read_bytes(path: Path, hint: str, limit: int, what: str = "such a file") -> bytes:
+    """The whole file, at most `limit` bytes of it: a longer one is refused (see open_bounded)."""
+    with open_bounded(path, hint, limit, what) as stream:
+        return read_stream(stream, str(path), hint, limit, what)
+
+
+def torch_from_bytes(data: bytes, name: str, hint: str, limit: int | None = None,
+                     what: str = "such a file") -> Any:
+    """torch.load of a file's bytes with weights_only (no code runs from them); any damage is a DataError.
+
+    With `limit`, the records the file's zip directory declares must add up to at most
+    `limit` bytes: torch.load inflates a compressed record to its declared size, so a few
+    kilobytes could otherwise ask for gigabytes.
+    """
+    if not data:
+        raise DataError(f"{name}: the file is empty; {hint}")
+    if limit is not None and data.startswith(b"PK\x03\x04"):
+        try:
+            declared = sum(entry.file_size for entry in zipfile.ZipFile(io.BytesIO(data)).infolist())
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            declared = 0  # not a readable zip: torch.load says so below
+        if declared > limit:
+            raise DataError(f"{name}: its records declare {size_text(declared)}, more than {what} can hold "
+                            f"(the limit is {size_text(limit)}); {hint}")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch reports damage with many exception types
+        if not data.startswith(b"PK\x03\x04"):  # what torch.save writes: a zip archive
+            raise DataError(f"{name}: not a torch file (it doesn't start like one); {hint}") from None
+        raise DataError(f"{name}: not a readable torch file, truncated or damaged ({one_line(exc)}); {hint}") from None
+
+
+def load_torch(path: Path, hint: str, limit: int, what: str = "such a file") -> Any:
+    """A torch file of at most `limit` bytes, read and loaded with torch_from_bytes."""
+    return torch_from_bytes(read_bytes(path, hint, limit, what), str(path), hint, limit, what)

@@ -1,0 +1,1 @@
+"""Run by no stage: fmnist-sweep, an Optuna study whose trials are DVC experiments."""

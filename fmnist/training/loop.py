@@ -1,0 +1,273 @@
+"""The training loop, on whole in-memory tensors: optimiser, schedule, epochs, the best epoch.
+
+    settings = Settings.from_params(p, device, dtype, world)
+    state = build(p, len(train_y), device, world)       # net, model, optimizer, scheduler, ema
+    progress = fit(state, (train_x, train_y), (val_x, val_y), settings)
+
+`fit` is what the train stage and the benchmark both run: epochs of `train_epoch` (the
+classic loop: zero_grad, forward, loss, backward, step), each scored on the validation
+set, keeping the epoch with the best validation accuracy.
+
+Images stay uint8 (N, 28, 28) tensors on the device for the whole run; each batch is
+indexed, normalised and augmented as one tensor, so there is no DataLoader, no worker
+process and no per-image transform.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fmnist.training.augment import augment_batch
+from fmnist.model.classifier import Classifier, normalize, score
+from fmnist.core.dataset import CLASSES
+from fmnist.model.device import autocast, to_device, to_device_layout
+from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch, wrap_ddp
+from fmnist.training.ema import Ema
+from fmnist.core.errors import ParamError, TrainingDiverged
+from fmnist.model.nets import build_model
+
+CHECK_EVERY = 50  # batches between loss checks: each check waits for a GPU to catch up
+VAL_BATCH = 1000  # images per forward pass when scoring the validation set
+# One row of figures an epoch. Every loss is plain cross-entropy, comparable from train to
+# val, but train/loss_smoothed: the label-smoothed loss the optimiser minimises (train.label_smoothing).
+HISTORY_KEYS = ("train/loss", "train/loss_smoothed", "train/acc", "val/loss", "val/acc")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs before the model's weights are drawn.
+
+    CPU runs are then bit-for-bit repeatable for a fixed thread count. On CUDA, cuDNN
+    picks convolution kernels whose backward passes use atomic adds, so the last bits
+    of a GPU run still vary; forcing deterministic kernels would cost speed, so we don't.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, total: int, warmup: float = 0.25, start: float = 0.04, end: float = 1e-3) -> float:
+    """The one-cycle schedule as a fraction of the peak learning rate at `step` (0-based).
+
+    Linear warm-up from `start` over the first `warmup` of all steps, then cosine
+    annealing down to `end` at the last step. Defined for any total >= 1, a single
+    step included (it then runs at the peak).
+    """
+    rise = int(round(warmup * total))
+    if step < rise:
+        return start + (1 - start) * step / rise
+    fall = total - rise - 1
+    if fall <= 0:
+        return 1.0
+    t = min(1.0, (step - rise) / fall)
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def make_optimizer(p: dict, net: torch.nn.Module, total_steps: int):
+    """The optimizer `train.optimizer` names and its one-cycle schedule over `total_steps`."""
+    if p["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=p["lr"], momentum=p["momentum"],
+                                    nesterov=p["momentum"] > 0, weight_decay=p["weight_decay"])
+    else:
+        optimizer = torch.optim.AdamW(net.parameters(), lr=p["lr"], betas=(p["momentum"], 0.999),
+                                      weight_decay=p["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, max(1, total_steps)))
+    return optimizer, scheduler
+
+
+@dataclass
+class TrainState:
+    """The net being trained and everything that updates it: what a checkpoint saves."""
+    net: torch.nn.Module     # the plain module: its weights are what is saved
+    model: torch.nn.Module   # what runs the steps: `net` on the device, wrapped for DDP, compiled as asked
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: Ema | None          # the moving average of the weights (train.ema > 0): scored and saved instead
+
+
+def build(p: dict, n_train: int, device: torch.device, world: World = World()) -> TrainState:
+    """A fresh TrainState for the params' train section and `n_train` training images.
+
+    Seeded, so every rank starts alike.
+    """
+    seed_everything(p["seed"])
+    net = build_model(p["model"], len(CLASSES))
+    if world.size > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch, as one process computes them. Its
+        # state_dict keys are BatchNorm's: the saved weights load into the plain net. On
+        # CPU each process normalises its own share of the batch: SyncBatchNorm only runs
+        # on GPUs (torch 2.14 raises ValueError for CPU tensors under Gloo).
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    model = wrap_ddp(to_device_layout(net, device), device, world)
+    if p["compile"]:
+        model = torch.compile(model)
+    total = p["epochs"] * steps_per_epoch(n_train, p["batch_size"], world.size)
+    optimizer, scheduler = make_optimizer(p, net, total)
+    ema = Ema(net, p["ema"]) if p["ema"] > 0 else None
+    return TrainState(net, model, optimizer, scheduler, ema)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the loop reads of the params' train section, and where it runs."""
+    epochs: int
+    batch_size: int          # images a step on each process: train.batch_size shared by the processes
+    seed: int
+    augment: bool            # flip a random half of each batch
+    shift: int
+    erase: float
+    label_smoothing: float
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None: fp32
+    world: World = World()
+    progress_bar: bool = True  # tqdm's bar on a terminal (never in logs)
+
+    @classmethod
+    def from_params(cls, p: dict, device: torch.device, dtype: torch.dtype | None, world: World = World(),
+                    progress_bar: bool = True) -> Settings:
+        return cls(epochs=p["epochs"], batch_size=per_rank_batch(p["batch_size"], world.size), seed=p["seed"],
+                   augment=p["augment"], shift=p["shift"], erase=p["erase"], label_smoothing=p["label_smoothing"],
+                   device=device, dtype=dtype, world=world, progress_bar=progress_bar)
+
+
+def epoch_generators(seed: int, epoch: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """(data order, augmentation) generators for one epoch; also seeds dropout.
+
+    The order is the same on every rank (each then takes its own shard of it); the
+    augmentation draws differ per rank. Deriving every stream from (seed, epoch, rank),
+    instead of carrying one through the run, lets a resumed run continue exactly where
+    an interrupted one stopped without saving any RNG state.
+    """
+    order_seed, = np.random.SeedSequence([seed, epoch]).generate_state(1)
+    aug_seed, dropout_seed = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    torch.manual_seed(int(dropout_seed))
+    return torch.Generator().manual_seed(int(order_seed)), torch.Generator().manual_seed(int(aug_seed))
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int, world: World) -> None:
+    bad = (~torch.isfinite(losses)).nonzero()
+    first = torch.tensor([int(bad[0]) if len(bad) else n_batches], device=losses.device)
+    if world.size > 1:  # every rank must stop together, or the others wait forever
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    b = int(first)
+    if b < n_batches:
+        raise TrainingDiverged(f"training diverged: the loss became non-finite at epoch {epoch}, "
+                               f"batch {b + 1} of {n_batches}; try a smaller train.lr")
+
+
+class EpochFigures(NamedTuple):
+    """What `train_epoch` measured on the batches it trained on (augmented, dropout on)."""
+    loss: float            # plain cross-entropy: the validation loss's measure
+    acc: float             # a fraction
+    loss_smoothed: float   # the label-smoothed cross-entropy the optimiser minimised
+
+
+def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, epoch: int, settings: Settings,
+                on_step: Callable[[int, int], None] | None = None) -> EpochFigures:
+    """One pass over `images` in this epoch's random order; returns its mean losses and accuracy.
+
+    Under torchrun each rank trains on its own shard of the order, settings.batch_size
+    images a step (DDP averages the gradients); the returned figures cover all ranks.
+    They are measured on the augmented batches the model was trained on. The loss is
+    plain cross-entropy, computed from the same logits as the label-smoothed loss that
+    is optimised (no second forward pass): with smoothing 0.1 the optimised loss can't
+    fall much below 0.5, so only the plain one compares with the validation loss.
+    `on_step(epoch, batches done)` is called every CHECK_EVERY batches and after the
+    last one (the benchmark scores the test set there, off the clock).
+    """
+    model, optimizer, scheduler, ema = state.model, state.optimizer, state.scheduler, state.ema
+    device, world, batch_size = settings.device, settings.world, settings.batch_size
+    model.train()
+    order_gen, aug_gen = epoch_generators(settings.seed, epoch, world.rank)
+    order = torch.randperm(len(images), generator=order_gen)
+    order = to_device(shard(order, world.rank, world.size), device)
+    n_batches = -(-len(order) // batch_size)
+    if n_batches == 0:  # fmnist.params.size_problems refuses this up front
+        raise ParamError(f"train.nproc: {world.size} processes but only {len(images)} training images")
+    losses = torch.zeros(n_batches, device=device)  # the optimised (label-smoothed) loss
+    plain = torch.zeros(n_batches, device=device)   # plain cross-entropy of the same logits
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{settings.epochs}", unit="batch", leave=False,
+               disable=None if settings.progress_bar and world.main else True)
+    for b in bar:
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        x, y = normalize(images[idx].unsqueeze(1)), labels[idx]
+        if settings.augment or settings.shift or settings.erase:
+            x = augment_batch(x, aug_gen, flip=settings.augment, shift=settings.shift, erase=settings.erase)
+        x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, settings.dtype):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update()
+        losses[b] = loss.detach()
+        with torch.no_grad():
+            plain[b] = F.cross_entropy(logits.detach().float(), y)
+        correct += (logits.argmax(1) == y).sum()
+        if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:  # a sync point: a GPU runs ahead in between
+            _check_finite(losses[:b + 1], epoch, n_batches, world)
+            bar.set_postfix(loss=f"{losses[b].item():.4f}")
+            if on_step is not None:
+                on_step(epoch, b + 1)
+                model.train()
+    # Each batch's loss weighs by its size, so a short last batch counts for less.
+    sizes = torch.full((n_batches,), float(batch_size), device=device)
+    sizes[-1] = len(order) - batch_size * (n_batches - 1)
+    totals = torch.stack([(plain * sizes).sum(), correct.float(), (losses * sizes).sum(),
+                          torch.tensor(float(len(order)), device=device)])
+    if world.size > 1:
+        dist.all_reduce(totals)
+    return EpochFigures(*(float(total / totals[3]) for total in totals[:3]))
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last completed epoch: what a checkpoint holds besides
+    the weights and optimizer state, and what `fit` returns."""
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one row of HISTORY_KEYS figures an epoch
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0, "state_dict": None})
+
+
+def fit(state: TrainState, train: tuple, val: tuple, settings: Settings, progress: Progress | None = None,
+        on_epoch: Callable[[Progress, float], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None) -> Progress:
+    """Train from `progress` (a fresh run, or a restored one) to settings.epochs; keep the best epoch.
+
+    After each epoch rank 0 scores the validation set and calls `on_epoch(progress,
+    seconds)` (the train stage logs and checkpoints there); `on_step` is passed on to
+    `train_epoch`. With an EMA, the averaged weights are scored and kept instead of the
+    net's. Returns the final Progress, with the best epoch's weights (rank 0).
+    """
+    progress = progress or Progress()
+    for epoch in range(progress.epoch + 1, settings.epochs + 1):
+        t0 = time.perf_counter()
+        trained = train_epoch(state, *train, epoch, settings, on_step)
+        progress.epoch = epoch
+        if not settings.world.main:
+            continue  # the other ranks go straight on; the next step's all-reduce waits for rank 0
+        # Rank 0 scores the whole validation set with the plain module (no DDP collectives).
+        kept = state.ema.module if state.ema is not None else state.net
+        scored = score(Classifier(kept, mirror=False), *val, device=settings.device, batch_size=VAL_BATCH,
+                       dtype=settings.dtype)
+        progress.history.append({"train/loss": trained.loss, "train/loss_smoothed": trained.loss_smoothed,
+                                 "train/acc": trained.acc, "val/loss": scored.loss, "val/acc": scored.accuracy})
+        if scored.accuracy > progress.best["val_acc"]:
+            weights = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
+            progress.best = {"val_acc": scored.accuracy, "epoch": epoch, "state_dict": weights}
+        if on_epoch is not None:
+            on_epoch(progress, time.perf_counter() - t0)
+    return progress

@@ -1,0 +1,127 @@
+"""fmnist/serve/predict.py: `fmnist-predict` names the garment in pictures of every kind, prints
+the model card, and costs one line per unreadable picture or model.
+
+Through DVC, with registered versions: e2e/test_product.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import signal
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import ROOT, png, synthetic, write_pictures
+from fmnist.core import errors
+from fmnist.core.dataset import CLASSES
+from fmnist.serve.predict import cli
+
+
+def test_predict_names_the_garment_in_every_kind_of_picture(model_file, tmp_path, capsys):
+    truth = write_pictures(tmp_path / "pics")
+    assert cli(["--model", str(model_file), "--json", "--top", "2", *map(str, truth)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["path"] for row in rows] == [str(p) for p in truth]
+    for row in rows:
+        assert set(row) == {"path", "class", "probability", "top"}
+        assert len(row["top"]) == 2 and row["top"][0] == {"class": row["class"], "probability": row["probability"]}
+        assert row["top"][0]["probability"] >= row["top"][1]["probability"]
+    wrong = {row["path"]: row["class"] for row in rows if row["class"] != truth[Path(row["path"])]}
+    assert wrong == {}, wrong
+
+    assert cli(["--model", str(model_file), *map(str, truth)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["file", "class", "probability", "top"] and len(table) == 1 + len(truth)
+    assert all(line.split()[0] == str(path) for line, path in zip(table[1:], truth))
+
+
+def test_unreadable_pictures_cost_one_line_each_and_the_rest_are_classified(model_file, tmp_path, capsys):
+    truth = write_pictures(tmp_path / "pics", n=1)
+    (tmp_path / "pics" / "notes.png").write_text("not a picture")
+    missing = tmp_path / "pics" / "missing.jpg"
+    files = [str(missing), *map(str, truth), str(tmp_path / "pics" / "notes.png")]
+    assert cli(["--model", str(model_file), "--json", *files]) == 1
+    out, err = capsys.readouterr()
+    assert [row["path"] for row in json.loads(out)] == [str(p) for p in truth]
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert lines[0].startswith(f"error: {missing}: missing") and "notes.png: not a readable" in lines[1]
+    assert lines[2] == "error: 2 of 6 picture(s) could not be read"
+
+
+def test_a_damaged_or_missing_model_is_one_line_and_exit_1(model_file, tmp_path, capsys):
+    picture = tmp_path / "p.png"
+    picture.write_bytes(png(torch.from_numpy(synthetic(1, 0)[0][0])))
+    damaged = tmp_path / "model.pt"
+    damaged.write_bytes(model_file.read_bytes()[:5000])
+    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own handler
+    try:
+        for model, message in ((damaged, "not a readable torch file"), (tmp_path / "none.pt", "missing")):
+            with pytest.raises(SystemExit) as exit:
+                errors.run(lambda: cli(["--model", str(model), str(picture)]))
+            out, err = capsys.readouterr()
+            assert exit.value.code == 1 and out == ""
+            assert err.count("\n") == 1 and err.startswith(f"error: {model}: {message}"), err
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+def test_info_prints_the_model_card(model_file, capsys):
+    assert cli(["--info", "--model", str(model_file)]) == 0
+    card = capsys.readouterr().out
+    lock = ROOT / "requirements/runtime-versions.txt"
+    environment = (f"environment   python {platform.python_version()}, torch {version('torch')}, "
+                   f"{sys.platform}-{platform.machine().lower()}, lock {lock.as_posix()} "
+                   f"sha256 {hashlib.sha256(lock.read_bytes()).hexdigest()}")
+    for text in ("architecture  cnn", "best epoch    3 of 3", "val accuracy  0.9500", "data sha256   " + "ab" * 32,
+                 "Ankle boot", "commit        - (not committed yet", environment):
+        assert text in card, card
+    assert cli(["--info", "--json", "--model", str(model_file)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == list(CLASSES) and info["best_epoch"] == 3 and info["commit"] is None
+    assert info["environment"]["torch"] == version("torch") and len(info["environment"]["lock_sha256"]) == 64
+
+
+@pytest.mark.parametrize("environment", [None, {"python": 3.11}, {"python": "x" * 500}, {"torch": "2\x1b[2J"}, "3.11"])
+def test_a_card_without_a_proper_environment_record_says_unknown(model_file, tmp_path, capsys, environment):
+    """An older model file has none; a file from elsewhere may hold anything: the card prints none of it."""
+    record = torch.load(model_file, weights_only=True)
+    if environment is None:
+        del record["environment"]
+    else:
+        record["environment"] = environment
+    path = tmp_path / "model.pt"
+    torch.save(record, path)
+    assert cli(["--info", "--model", str(path)]) == 0
+    assert "environment   unknown (a model file older than the record)" in capsys.readouterr().out
+
+
+def test_fmnist_predict_is_a_console_script():
+    """Installed as one by `pip install -e .` (make repro, make test), from pyproject.toml."""
+    from importlib.metadata import entry_points
+
+    scripts = list(entry_points(group="console_scripts", name="fmnist-predict"))
+    assert [s.value for s in scripts] == ["fmnist.serve.predict:main"]
+    if sys.prefix != sys.base_prefix:  # in a virtualenv (make test's .venv): the command is there
+        assert (Path(sys.executable).parent / "fmnist-predict").is_file()
+
+
+def test_piped_into_head_it_ends_quietly(model_file, tmp_path):
+    """`fmnist-predict --json *.png | head -n 2`: two lines, nothing on stderr, exit 141 (SIGPIPE's, as
+    `yes | head` gives), however much was left unwritten."""
+    (tmp_path / "pics").mkdir()
+    for i in range(600):  # a JSON array of some 200 KB: more than a pipe holds, so the writes meet a closed pipe
+        (tmp_path / "pics" / f"{i:03}.png").write_bytes(png(torch.full((28, 28), i % 256, dtype=torch.uint8)))
+    script = (f'"{sys.executable}" -m fmnist.serve.predict --json --model "{model_file}" pics/*.png 2>err | head -n 2; '
+              'echo "${PIPESTATUS[0]}" >status')
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300).stdout
+    assert len(out.splitlines()) == 2 and out.startswith("["), out
+    assert (tmp_path / "err").read_text() == ""
+    assert (tmp_path / "status").read_text().strip() == str(128 + signal.SIGPIPE)
