@@ -1,4 +1,4 @@
-"""Fixtures of the whole suite (the builders themselves are in tests/helpers.py), the
+"""Fixtures of the whole suite (the builders themselves are in tests/helpers/), the
 threads each xdist worker's torch takes, and the e2e mark of every test in tests/e2e/."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from helpers import Repo
+    from helpers.repos import Repo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
@@ -47,14 +47,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def tiny_raw(tmp_path: Path) -> Path:
-    from helpers import write_raw
+    from helpers.data import write_raw
 
     return write_raw(tmp_path / "raw-source")
 
 
 @pytest.fixture
 def repo(tmp_path: Path, tiny_raw: Path) -> Repo:
-    from helpers import make_repo
+    from helpers.repos import make_repo
 
     return make_repo(tmp_path / "repo", tiny_raw)
 
@@ -62,6 +62,6 @@ def repo(tmp_path: Path, tiny_raw: Path) -> Repo:
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory) -> Path:
     """A cnn trained for a few epochs on generated images, saved as the train stage saves it."""
-    from helpers import write_model_file
+    from helpers.pictures import write_model_file
 
     return write_model_file(tmp_path_factory.mktemp("model") / "model.pt")

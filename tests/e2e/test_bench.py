@@ -11,7 +11,9 @@ import sys
 
 import yaml
 
-from helpers import ROOT, TINY_PARAMS, write_raw
+from helpers import ROOT
+
+from helpers.data import TINY_PARAMS, write_raw
 
 
 def test_bench_writes_a_row_per_contender_with_every_seed(tmp_path):

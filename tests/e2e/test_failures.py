@@ -24,10 +24,15 @@ import pytest
 import torch
 import yaml
 
-from helpers import (
-    ROOT, SLOW, TINY_PARAMS, assert_clean_failure, file_size_limit, make_repo, one_line, reproduced_repo, set_params,
-    start_repro, wait_for, write_raw,
-)
+from helpers import ROOT
+
+from helpers.damage import file_size_limit, one_line
+
+from helpers.data import TINY_PARAMS, write_raw
+
+from helpers.processes import SLOW, assert_clean_failure, start_repro, wait_for
+
+from helpers.repos import make_repo, reproduced_repo, set_params
 from fmnist.core.io import torch_bytes
 from fmnist.model.model_file import load_model
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_clean_failure, file_md5, make_repo, set_params, write_raw
+from helpers.data import write_raw
+
+from helpers.processes import assert_clean_failure
+
+from helpers.repos import file_md5, make_repo, set_params
 
 
 def test_bad_params_stop_before_work_and_lose_nothing(repo):

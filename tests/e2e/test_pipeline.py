@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import TINY_PARAMS, Repo, make_repo, set_params, write_raw
+from helpers.data import TINY_PARAMS, write_raw
+
+from helpers.repos import Repo, make_repo, set_params
 
 
 EXP_SHOW_DROP = "^(fmnist|stages)/"  # the columns of code deps, as docs/experiments.md drops them

@@ -25,7 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, TINY_PARAMS, make_repo, write_raw
+from helpers import ROOT
+
+from helpers.data import TINY_PARAMS, write_raw
+
+from helpers.repos import make_repo
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers import ROOT, Repo, make_repo, png, run, write_pictures
+from helpers import ROOT
+
+from helpers.pictures import png, write_pictures
+
+from helpers.repos import Repo, make_repo, run
 from fmnist.model.classifier import Classifier
 from fmnist.core.dataset import CLASSES
 from fmnist.model.nets import build_model

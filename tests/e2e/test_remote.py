@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Repo, make_repo, run
+from helpers.repos import Repo, make_repo, run
 
 BUCKET = "fmnist"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -18,10 +18,11 @@ import sys
 
 import torch
 
-from helpers import (
-    KILL_PARAMS, RUNTIME_LOCK, SLOW, assert_same_run, final_state, launch, make_repo, needs_proc, set_params, start_repro, torchrun,
-    wait_for, write_raw,
-)
+from helpers.data import write_raw
+
+from helpers.processes import KILL_PARAMS, RUNTIME_LOCK, SLOW, assert_same_run, final_state, launch, needs_proc, start_repro, torchrun, wait_for
+
+from helpers.repos import make_repo, set_params
 
 # Where the uninterrupted reference run writes, beside the interrupted run's own outputs.
 REF_OUTPUTS = ("models/ref.pt", "models/ref-checkpoint.pt", "metrics/ref", "metrics/ref.json")

@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
-from helpers import ROOT, reproduced_repo, set_params
+from helpers import ROOT
+
+from helpers.repos import reproduced_repo, set_params
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once
 # (pyproject.toml runs pytest with --dist loadgroup).

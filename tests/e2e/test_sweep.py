@@ -24,7 +24,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers import make_repo, write_raw
+from helpers.data import write_raw
+
+from helpers.repos import make_repo
 from fmnist.sweep.study import storage_url
 
 SWEEP = str(Path(sys.executable).parent / "fmnist-sweep")

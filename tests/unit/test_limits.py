@@ -28,7 +28,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ROOT, idx_bytes, synthetic, write_raw
+from helpers import ROOT
+
+from helpers.data import idx_bytes, synthetic, write_raw
 from fmnist.training.checkpoint import max_checkpoint_bytes, resume
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError

@@ -22,7 +22,11 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT, leaves, one_line, synthetic, train_params
+from helpers import ROOT
+
+from helpers.damage import leaves, one_line
+
+from helpers.data import synthetic, train_params
 from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.core.errors import ParamError
 from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import file_md5, idx_bytes, synthetic, write_raw
+from helpers.data import idx_bytes, synthetic, write_raw
+
+from helpers.repos import file_md5
 from fmnist.core.errors import DataError
 from fmnist.raw import check_pair, download, parse_idx
 

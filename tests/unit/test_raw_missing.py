@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import write_raw
+from helpers.data import write_raw
 from fmnist.core.errors import DataError
 from fmnist.raw import RAW_ENV, fetch_raw
 

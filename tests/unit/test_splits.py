@@ -8,7 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import one_line, synthetic
+from helpers.damage import one_line
+
+from helpers.data import synthetic
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
 from fmnist.splits import class_counts, load_split, split_train_val

@@ -6,7 +6,7 @@ import resource
 
 import pytest
 
-from helpers import file_size_limit
+from helpers.damage import file_size_limit
 from fmnist.core.errors import OutputError
 from fmnist.core.io import write_bytes, write_folder
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import synthetic
+from helpers.data import synthetic
 from fmnist.model.classifier import Classifier, normalize, score
 from fmnist.model.nets import build_model
 

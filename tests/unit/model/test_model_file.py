@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import one_line, put_junk, synthetic
+from helpers.damage import one_line, put_junk
+
+from helpers.data import synthetic
 from fmnist.model.classifier import Classifier, score
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import tiny
+from helpers.data import tiny
 from fmnist.model.nets import ARCHITECTURES, build_model
 
 

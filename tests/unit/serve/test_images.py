@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import jpeg, png, synthetic, webp
+from helpers.data import synthetic
+
+from helpers.pictures import jpeg, png, webp
 from fmnist.core.errors import DataError
 from fmnist.serve.images import decode, is_dark_on_light, to_fashion_mnist
 

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, png, synthetic, write_pictures
+from helpers import ROOT
+
+from helpers.data import synthetic
+
+from helpers.pictures import png, write_pictures
 from fmnist.core import errors
 from fmnist.core.dataset import CLASSES
 from fmnist.serve.predict import cli

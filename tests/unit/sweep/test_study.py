@@ -8,7 +8,7 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from helpers import optuna_trial as trial
+from helpers.sweeps import optuna_trial as trial
 from fmnist.core.errors import ParamError
 from fmnist.sweep.study import FAILURE, RERUN_OF, StudyLock, Worker, open_storage, open_study, plan_trials
 

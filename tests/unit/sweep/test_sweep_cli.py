@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import make_repo
+from helpers.repos import make_repo
 from fmnist.core.errors import run
 
 

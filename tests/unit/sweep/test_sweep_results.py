@@ -6,7 +6,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from helpers import optuna_trial as trial
+from helpers.sweeps import optuna_trial as trial
 from fmnist.sweep.study import DEFAULTS, FAILURE, LOG
 from fmnist.sweep.results import pictures, summary
 

@@ -18,7 +18,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT, one_line, put_junk, synthetic, tiny
+from helpers import ROOT
+
+from helpers.damage import one_line, put_junk
+
+from helpers.data import synthetic, tiny
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.training.distributed import steps_per_epoch
 from fmnist.core.io import torch_bytes

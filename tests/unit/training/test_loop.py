@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import synthetic, tiny, train_params
+from helpers.data import synthetic, tiny, train_params
 from fmnist.model.classifier import Classifier, score
 from fmnist.model.device import pick_device, pick_dtype, to_device_layout
 from fmnist.training.distributed import steps_per_epoch

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from helpers import ROOT, synthetic
+from helpers import ROOT
+
+from helpers.data import synthetic
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.model.classifier import normalize
 from fmnist.training.distributed import steps_per_epoch
