@@ -54,9 +54,15 @@ def reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal would act on (an escape sequence's ESC, a bell,
+    a NUL) written as repr() writes it: a message may quote bytes of a damaged file."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(exc: BaseException, limit: int = 160) -> str:
-    """The first sentence of an exception's message, on one line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The first sentence of an exception's message, on one printable line."""
+    text = printable(" ".join(str(exc).split())) or type(exc).__name__
     first = text.split(". ")[0].rstrip(".")
     return first if len(first) <= limit else first[:limit - 3] + "..."
 

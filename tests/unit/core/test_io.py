@@ -3,9 +3,12 @@ damaged torch file is a DataError (the bounds themselves: test_limits.py)."""
 
 from __future__ import annotations
 
+import io
 import resource
+import zipfile
 
 import pytest
+import torch
 
 from helpers.damage import file_size_limit
 from fmnist.core.errors import DataError, OutputError
@@ -42,3 +45,18 @@ def test_a_zip_entry_of_a_version_zipfile_cant_read_is_left_to_torch_load():
     assert torch_from_bytes(bytes(data), "x.pt", "hint", limit=1 << 20) == {"images": 1}
     with pytest.raises(DataError, match=r"^x.pt: not a readable torch file, truncated or damaged \(.*\); hint$"):
         torch_from_bytes(bytes(data[:entry + 20]), "x.pt", "hint", limit=1 << 20)
+
+
+def test_a_damaged_torch_files_message_is_one_printable_line():
+    """Found by fuzzing (fuzz/corpus/model/crash-bell-in-record-name.pkl): torch names the record
+    it can't find, and a record name is whatever bytes the file holds, an ESC or a bell included."""
+    source = zipfile.ZipFile(io.BytesIO(torch_bytes({"weights": torch.zeros(3)})))
+    records = {info.filename: source.read(info) for info in source.infolist()}
+    records["archive/data.pkl"] = records["archive/data.pkl"].replace(b"X\x01\x00\x00\x000", b"X\x01\x00\x00\x00\x1b")
+    damaged = io.BytesIO()
+    with zipfile.ZipFile(damaged, "w") as archive:
+        for name, record in records.items():
+            archive.writestr(name, record)
+    with pytest.raises(DataError) as err:
+        torch_from_bytes(damaged.getvalue(), "x.pt", "hint")
+    assert "locating file data/\\x1b" in str(err.value) and str(err.value).isprintable(), err.value
