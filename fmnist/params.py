@@ -181,7 +181,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ParamError(f"{path}: cannot be read as text ({reason(exc)}); restore it with "
                          f"`git checkout {path}`") from None
-    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # deep nesting; ValueError: `!!float x`
         raise ParamError(f"{path}: not valid YAML: {one_line(exc)}; fix it or restore it with "
                          f"`git checkout {path}`") from None
     if params is None:

@@ -255,7 +255,7 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
     """
     try:
         doc = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: `!!float x`, PyYAML's
         reason = " ".join(str(exc).split())[:160]
         raise ParamError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(doc, dict) or "space" not in doc:

@@ -107,6 +107,9 @@ DAMAGED_PARAMS = {
     "broken YAML": (b"train: [1, 2\n", "not valid YAML"),
     "absurdly deep": (b"[" * 1000, "not valid YAML"),  # RecursionError in PyYAML
     "a tab": (b"train:\n\tlr: 1\n", "not valid YAML"),
+    # Found by fuzzing (fuzz/corpus/params/crash-float-tag.yaml): PyYAML raises ValueError, not a YAMLError.
+    "a tag it can't construct": (b"train: {lr: !!float fast}\n", "not valid YAML: could not convert string to float"),
+    "5,000 digits": (b"data: {val_size: " + b"1" * 5000 + b"}\n", "not valid YAML: Exceeds the limit"),
 }
 
 

@@ -69,6 +69,8 @@ def test_ranges_become_optuna_distributions_of_the_params_type():
     ("space:\n  train.lr: {low: 0.1, high: 1}\nprunner: {}\n", "prunner: unknown key (did you mean 'pruner'?)"),
     ("space:\n  train.lr: {low: 0.1, high: 1}\npruner: {percentile: 100}\n", "pruner.percentile: got 100"),
     ("space:\n  train.lr: {low: 0.1, high: 1\n", "sweep.yaml: not valid YAML"),
+    # Found by fuzzing (fuzz/corpus/sweep/crash-float-tag.yaml): PyYAML raises ValueError, not a YAMLError.
+    ("!!float /tuple l[[", "sweep.yaml: not valid YAML: could not convert string to float"),
 ])
 def test_bad_space_files_are_one_line_naming_the_entry(text, expected):
     message = refused(text)
