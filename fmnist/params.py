@@ -181,7 +181,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ParamError(f"{path}: cannot be read as text ({reason(exc)}); restore it with "
                          f"`git checkout {path}`") from None
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # deep nesting; ValueError: `!!float x`
+    except Exception as exc:  # noqa: BLE001 - YAMLError; RecursionError (deep nesting); what PyYAML's constructors
+        # raise for a tag they can't build (`!!float x` ValueError, `!!float` IndexError, `!!bool x` KeyError)
         raise ParamError(f"{path}: not valid YAML: {one_line(exc)}; fix it or restore it with "
                          f"`git checkout {path}`") from None
     if params is None:

@@ -255,7 +255,8 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
     """
     try:
         doc = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: `!!float x`, PyYAML's
+    except Exception as exc:  # noqa: BLE001 - YAMLError, RecursionError, and what PyYAML's constructors raise
+        # for a tag they can't build (`!!float x` ValueError, `!!float` IndexError, `!!bool x` KeyError)
         reason = " ".join(str(exc).split())[:160]
         raise ParamError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(doc, dict) or "space" not in doc:
