@@ -21,7 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
-from fmnist.core.dataset import CLASSES
+from fmnist.core.dataset import CLASSES, SIZE
 from fmnist.core.io import torch_bytes
 from fuzz.targets import CHECKPOINT, MODEL, ROOT, SPLIT, TARGETS, checkpoint_files, tiny_split
 from fuzz.torchfiles import split
@@ -40,7 +40,8 @@ def _bomb(declared: int) -> bytes:
     uncompressed size, in the local header and the central directory, says so)."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("archive/data.pkl", b"\x00" * 1000)
+        archive.writestr(zipfile.ZipInfo("archive/data.pkl", date_time=(1980, 1, 1, 0, 0, 0)), b"\x00" * 1000,
+                         compress_type=zipfile.ZIP_DEFLATED)
     data = bytearray(out.getvalue())
     size = declared.to_bytes(4, "little")
     data[22:26] = size  # the local file header's uncompressed size
@@ -95,6 +96,11 @@ def model_seeds() -> dict[str, bytes]:
         obj["state_dict"] = dict(good["state_dict"])
         damage(obj)
         seeds[f"damaged-{name}.pkl"] = _pickle(obj)
+    laughs = ["x"] * 10
+    for _ in range(9):  # a billion leaves in a few hundred bytes: pickle's memo shares each list
+        laughs = [laughs] * 10
+    seeds["damaged-laughs.pkl"] = _pickle({**good, "classes": laughs})
+    seeds["damaged-huge-int.pkl"] = _pickle({**good, "model": 10 ** 5000})  # repr() refuses it
     seeds["damaged-list.pkl"] = _pickle([good["model"], good["classes"]])
     seeds["damaged-truncated.pt"] = torch_bytes({"model": "lenet", "classes": list(CLASSES)})[:700]
     seeds["damaged-bomb.pt"] = _bomb(3 << 20)
@@ -121,6 +127,8 @@ def checkpoint_seeds() -> dict[str, bytes]:
         seeds[f"damaged-{name}.pkl"] = _pickle(obj)
     seeds["damaged-model-file.pkl"] = split(MODEL.file())[0]  # the same weights lead both files
     seeds["damaged-truncated.pt"] = torch_bytes({"epoch": 1, "key": {}})[:500]
+    wide = torch.zeros(1, dtype=torch.long).expand(10**9)  # compared with the run's key: a GB of booleans
+    seeds["damaged-wide-key.pt"] = torch_bytes({"epoch": 1, "key": {**good["key"], "world": wide}})
     seeds["damaged-bomb.pt"] = _bomb(8 << 20)
     return seeds
 
@@ -142,6 +150,8 @@ def splits_seeds() -> dict[str, bytes]:
         "damaged-27x28.pt": whole({"images": images[:, :27].clone(), "labels": labels}),
         "damaged-tuple.pt": whole((images, labels)),
         "damaged-bomb.pt": _bomb(60 << 20),
+        "damaged-wide.pt": whole({"images": torch.zeros(1, 1, 1, dtype=torch.uint8).expand(10**9, SIZE, SIZE),
+                                  "labels": torch.zeros(1, dtype=torch.long).expand(10**9)}),  # 10^9 images, 2 KB
     }
 
 
@@ -192,6 +202,12 @@ def picture_seeds() -> dict[str, bytes]:
 
 # --- params.yaml and sweep.yaml ------------------------------------------------------
 
+
+# Ten lines of YAML whose aliases make a billion leaves ("billion laughs").
+LAUGHS = "".join(f"{a}: &{a} [{', '.join([f'*{p}' if p else 'x'] * 10)}]\n"
+                 for a, p in zip("abcdefghi", ["", *"abcdefgh"])).encode()
+
+
 def params_seeds() -> dict[str, bytes]:
     text = (ROOT / "params.yaml").read_text()
     doc = yaml.safe_load(text)
@@ -210,6 +226,7 @@ def params_seeds() -> dict[str, bytes]:
         "damaged-three.yaml": changed(train={"epochs": 0, "model": "resnet"}, data={"seed": -1}),
         "damaged-nproc.yaml": changed(train={"nproc": 4, "batch_size": 2}),
         "damaged-anchors.yaml": b"data: &d {val_size: 5000, seed: 0}\ntrain: {lr: *d}\nevaluate: *d\n",
+        "damaged-laughs.yaml": LAUGHS + b"train: {lr: *i}\n",
         "damaged-not-yaml.yaml": b"train: [\n  lr: 0.1\n",
         "damaged-empty.yaml": b"",
         "damaged-latin1.yaml": "train: {model: caf\u00e9}\n".encode("latin-1"),
@@ -229,6 +246,7 @@ def sweep_seeds() -> dict[str, bytes]:
         "damaged-float-text.yaml": b"space:\n  train.weight_decay: {low: 1e-5, high: 1e-3}\n",
         "damaged-pruner.yaml": b"space:\n  train.lr: {low: 0.1, high: 0.2}\npruner: {percentile: 100}\n",
         "damaged-not-yaml.yaml": b"space: {train.lr: [\n",
+        "damaged-laughs.yaml": LAUGHS + b"space: {train.lr: {low: *i, high: 1}}\n",
     }
 
 

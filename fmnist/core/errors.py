@@ -42,10 +42,59 @@ class PeersLost(PipelineError, RuntimeError):
     """A process of a distributed run lost the others (one of them failed or was killed)."""
 
 
+class _Enough(Exception):
+    """A repr has grown past what a message shows."""
+
+
+def _repr_upto(value: object, limit: int) -> str:
+    """repr(value) as far as its first `limit` characters or a little more, however large
+    the whole: lists and dicts from a file can share parts (YAML aliases, pickle's memo), so
+    that a few lines of YAML make a repr of gigabytes; a part repr() can't write is <its type>."""
+    parts, size = [], 0
+
+    def put(text: str) -> None:
+        nonlocal size
+        parts.append(text)
+        size += len(text)
+        if size > limit:
+            raise _Enough
+
+    def walk(v: object, depth: int) -> None:
+        if isinstance(v, (list, tuple, dict)) and depth > 20:
+            put("...")  # nested deeper than any message shows (and maybe in itself)
+        elif isinstance(v, dict):
+            put("{" if type(v) is dict else f"{type(v).__name__}({{")
+            for i, (key, item) in enumerate(v.items()):
+                put(", " if i else "")
+                walk(key, depth + 1)
+                put(": ")
+                walk(item, depth + 1)
+            put("}" if type(v) is dict else "})")
+        elif type(v) in (list, tuple):
+            put("[" if type(v) is list else "(")
+            for i, item in enumerate(v):
+                put(", " if i else "")
+                walk(item, depth + 1)
+            put("]" if type(v) is list else ",)" if len(v) == 1 else ")")
+        else:
+            try:
+                put(repr(v))
+            except _Enough:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. an int of a million digits (ValueError)
+                put(f"<{type(v).__name__}>")
+
+    try:
+        walk(value, 0)
+    except _Enough:
+        pass
+    return "".join(parts)
+
+
 def shown(value: object, limit: int = 80) -> str:
     """repr(value) on one line and at most `limit` characters, for a message: a tensor or
     a long list found in a damaged file must not break the one-line rule."""
-    text = " ".join(repr(value).split())
+    text = printable(" ".join(_repr_upto(value, 2 * limit).split()))
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

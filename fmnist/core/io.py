@@ -259,11 +259,43 @@ def torch_from_bytes(data: bytes, name: str, hint: str, limit: int | None = None
             raise DataError(f"{name}: its records declare {size_text(declared)}, more than {what} can hold "
                             f"(the limit is {size_text(limit)}); {hint}")
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch reports damage with many exception types
         if not data.startswith(b"PK\x03\x04"):  # what torch.save writes: a zip archive
             raise DataError(f"{name}: not a torch file (it doesn't start like one); {hint}") from None
         raise DataError(f"{name}: not a readable torch file, truncated or damaged ({one_line(exc)}); {hint}") from None
+    wide = _wider_than_its_data(obj)
+    if wide is not None:
+        raise DataError(f"{name}: holds a tensor of {wide} that the file doesn't hold the values of "
+                        f"(a view repeating them, or not a plain tensor): not a file this project writes; {hint}")
+    return obj
+
+
+def _wider_than_its_data(obj: Any) -> str | None:
+    """The shape of a tensor in `obj` (dicts, lists, tuples) with more values than its storage,
+    or of a kind other than a plain dense tensor; None when there is none.
+
+    A pickle can rebuild a tensor of any size and stride on a storage of one value (stride
+    0): a few bytes that read as a billion images, whose checks, copies and comparisons
+    then cost what the file never held. Every container is looked at once (the pickle's
+    memo can share one among many places)."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            try:
+                plain = item.layout == torch.strided and (item.numel() == 0 or item.numel() * item.element_size()
+                                                          <= item.untyped_storage().nbytes()
+                                                          - item.storage_offset() * item.element_size())
+            except Exception:  # noqa: BLE001 - a sparse or otherwise unusual tensor has no such storage
+                plain = False
+            if not plain:
+                return f"{tuple(item.shape)}"[:80]
+        elif isinstance(item, (dict, list, tuple, set, frozenset)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+    return None
 
 
 def load_torch(path: Path, hint: str, limit: int, what: str = "such a file") -> Any:
