@@ -20,7 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from fmnist.core.dataset import OFFICIAL_COUNTS
-from fmnist.core.errors import ParamError, one_line, reason, shown
+from fmnist.core.errors import ParamError, one_line, printable, reason, shown
 
 PARAMS_FILE = "params.yaml"
 # train.model names one of the nets of fmnist.model.nets (its ARCHITECTURES; a test keeps the
@@ -157,7 +157,7 @@ def check_params(params: Any) -> list[str]:
             continue
         for key in given:
             if key not in rules:
-                errors.append(f"{section}.{' '.join(str(key).split())[:40]}: unknown key{_suggest(str(key), list(rules))}; "
+                errors.append(f"{section}.{printable(' '.join(str(key).split())[:40])}: unknown key{_suggest(str(key), list(rules))}; "
                               f"known keys: {', '.join(rules)}")
         for key, rule in rules.items():
             if key not in given:

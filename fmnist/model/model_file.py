@@ -103,9 +103,10 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
     if not isinstance(obj["model"], str) or obj["model"] not in ARCHITECTURES:
         raise DataError(f"{name}: unknown architecture {shown(obj['model'])} (known: {', '.join(ARCHITECTURES)}); {hint}")
     classes = obj["classes"]
-    # The net's last layer has one output per class, and the labels are 0-9.
+    # The net's last layer has one output per class, and the labels are 0-9. The names are
+    # printed (the card, fmnist-predict's table): short, printable text.
     if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) \
-            or not all(isinstance(c, str) for c in classes):
+            or not all(isinstance(c, str) and 0 < len(c) <= 100 and c.isprintable() for c in classes):
         raise DataError(f"{name}: 'classes' should be a list of {len(CLASSES)} class names, "
                         f"found {shown(classes)}; {hint}")
     net = build_model(obj["model"], len(classes))

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fmnist.core.errors import ParamError, shown
+from fmnist.core.errors import ParamError, printable, shown
 from fmnist.params import SCHEMA, check_params
 
 SPACE_FILE = "sweep.yaml"
@@ -87,8 +87,8 @@ def describe(d: BaseDistribution) -> dict:
 
 
 def _name(key: Any) -> str:
-    """A key of the file as a message shows it: on one line, at most 40 characters."""
-    return " ".join(str(key).split())[:40]
+    """A key of the file as a message shows it: on one printable line, at most 40 characters."""
+    return printable(" ".join(str(key).split())[:40])
 
 
 def known_params() -> list[str]:
@@ -257,7 +257,7 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
         doc = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - YAMLError, RecursionError, and what PyYAML's constructors raise
         # for a tag they can't build (`!!float x` ValueError, `!!float` IndexError, `!!bool x` KeyError)
-        reason = " ".join(str(exc).split())[:160]
+        reason = printable(" ".join(str(exc).split())[:160])  # PyYAML quotes the line, any character in it
         raise ParamError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(doc, dict) or "space" not in doc:
         raise ParamError(f"{path}: expected a mapping with a 'space' of params to search, got {shown(doc)}")

@@ -113,6 +113,9 @@ DAMAGED_PARAMS = {
     "an empty float": (b"train: {lr: !!float }\n", "not valid YAML: string index out of range"),
     "a bool that isn't": (b"train: {augment: !!bool maybe}\n", "not valid YAML: 'maybe'"),
     "a date that isn't": (b"train: {lr: !!timestamp 2020-99}\n", "not valid YAML: 'NoneType' object has no"),
+    # Found with fuzz/corpus/sweep/crash-format-character.yaml: a key is quoted with what a terminal acts on escaped.
+    "an escape in a key": ((ROOT / "params.yaml").read_bytes().replace(b"\ntrain:\n", b'\ntrain:\n  "lr\\x1b[2J": 1\n'),
+                           r"train.lr\x1b[2J: unknown key"),
     "5,000 digits": (b"data: {val_size: " + b"1" * 5000 + b"}\n", "not valid YAML: Exceeds the limit"),
 }
 

@@ -74,6 +74,10 @@ def test_ranges_become_optuna_distributions_of_the_params_type():
     ("!!float /tuple l[[", "sweep.yaml: not valid YAML: could not convert string to float"),
     ("space:\n  train.lr: {!!float , high: 2}\n", "sweep.yaml: not valid YAML: string index out of range"),
     ("space: {train.augment: {choices: [!!bool maybe, true]}}\n", "sweep.yaml: not valid YAML: 'maybe'"),
+    # Found by fuzzing (fuzz/corpus/sweep/crash-format-character.yaml): what the file holds is quoted printable.
+    ("space: {train.lr: [\u06dd\n", r"not valid YAML: while parsing a flow sequence in "),
+    ("space: {train.lr: [\u06dd\n", r"column 19: space: {train.lr: [\u06dd ^ expected"),
+    ('space: {"train.lr\\x1b[2J": {low: 1, high: 2}}\n', r"space.train.lr\x1b[2J: unknown param"),
 ])
 def test_bad_space_files_are_one_line_naming_the_entry(text, expected):
     message = refused(text)
