@@ -157,7 +157,8 @@ def check_params(params: Any) -> list[str]:
             continue
         for key in given:
             if key not in rules:
-                errors.append(f"{section}.{printable(' '.join(str(key).split())[:40])}: unknown key{_suggest(str(key), list(rules))}; "
+                name = printable(" ".join(str(key).split())[:40])
+                errors.append(f"{section}.{name}: unknown key{_suggest(str(key), list(rules))}; "
                               f"known keys: {', '.join(rules)}")
         for key, rule in rules.items():
             if key not in given:

@@ -52,7 +52,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help=f"where corpora grow and crashes are saved (default {DEFAULT_WORKDIR})")
     parser.add_argument("--rss-limit-mb", type=int, help="memory limit of the process (default: the target's)")
     parser.add_argument("--timeout", type=int, help="seconds an input may take (default: the target's)")
-    parser.add_argument("--fresh", action="store_true", help="start from the seeds alone: forget what earlier runs found")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start from the seeds alone: forget what earlier runs found")
     parser.add_argument("--replay", nargs="*", type=Path, metavar="FILE",
                         help="no fuzzing: run FILEs (default: the committed corpus) through the oracle")
     parser.add_argument("--list", action="store_true", help="list the targets")
@@ -116,7 +117,7 @@ def instrument(modules: set[str]) -> int:
     def wanted(name: str | None) -> bool:
         return bool(name) and any(name == m or name.startswith(m + ".") for m in modules) and name in sys.modules
 
-    count = 0
+    count, skipped = 0, 0
     with warnings.catch_warnings():  # looking at every object's __module__ wakes deprecation warnings
         warnings.simplefilter("ignore")
         functions = [obj for obj in gc.get_objects()
@@ -126,7 +127,7 @@ def instrument(modules: set[str]) -> int:
             atheris.instrument_func(obj)
             count += 1
         except Exception:  # noqa: BLE001 - a function atheris can't patch is left as it is
-            pass
+            skipped += 1
     return count
 
 
@@ -150,7 +151,7 @@ def summary(log: str) -> dict[str, int]:
     progress = _PROGRESS.findall(log)
     if progress:
         names = ("number_of_executed_units", "cov", "ft", "corpus", "average_exec_per_sec", "peak_rss_mb")
-        stats.update(zip(names, map(int, progress[-1])))
+        stats.update(zip(names, map(int, progress[-1]), strict=True))
     stats.update({name: int(value) for name, value in _STAT.findall(log)})
     return stats
 

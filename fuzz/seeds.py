@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import gzip
 import io
+import pickle
 import sys
 import zipfile
 
@@ -23,7 +24,7 @@ from PIL import Image
 
 from fmnist.core.dataset import CLASSES, SIZE
 from fmnist.core.io import torch_bytes
-from fuzz.targets import CHECKPOINT, MODEL, ROOT, SPLIT, TARGETS, checkpoint_files, tiny_split
+from fuzz.targets import MODEL, ROOT, SPLIT, TARGETS, checkpoint_files, tiny_split
 from fuzz.torchfiles import split
 
 
@@ -47,6 +48,17 @@ def _bomb(declared: int) -> bytes:
     data[22:26] = size  # the local file header's uncompressed size
     central = data.index(b"PK\x01\x02")
     data[central + 24:central + 28] = size
+    return bytes(data)
+
+
+def _hash_bomb() -> bytes:
+    """A pickle of {key: 1} whose key is a tuple of two copies of the tuple below, 40 deep (2^40
+    parts, 200 bytes: the memo shares them); loading it hashes the key, walking every part."""
+    key = ()
+    for _ in range(40):
+        key = (key, key)
+    data = bytearray(pickle.dumps([key, 1], protocol=2))  # a list: pickling it hashes nothing
+    data[2:3], data[-2:-1] = b"}", b"u"  # EMPTY_LIST ... APPENDS becomes EMPTY_DICT ... SETITEMS
     return bytes(data)
 
 
@@ -101,6 +113,7 @@ def model_seeds() -> dict[str, bytes]:
         laughs = [laughs] * 10
     seeds["damaged-laughs.pkl"] = _pickle({**good, "classes": laughs})
     seeds["damaged-huge-int.pkl"] = _pickle({**good, "model": 10 ** 5000})  # repr() refuses it
+    seeds["damaged-hash-bomb.pkl"] = _hash_bomb()
     seeds["damaged-list.pkl"] = _pickle([good["model"], good["classes"]])
     seeds["damaged-truncated.pt"] = torch_bytes({"model": "lenet", "classes": list(CLASSES)})[:700]
     seeds["damaged-bomb.pt"] = _bomb(3 << 20)
@@ -205,7 +218,7 @@ def picture_seeds() -> dict[str, bytes]:
 
 # Ten lines of YAML whose aliases make a billion leaves ("billion laughs").
 LAUGHS = "".join(f"{a}: &{a} [{', '.join([f'*{p}' if p else 'x'] * 10)}]\n"
-                 for a, p in zip("abcdefghi", ["", *"abcdefgh"])).encode()
+                 for a, p in zip("abcdefghi", ["", *"abcdefgh"], strict=True)).encode()
 
 
 def params_seeds() -> dict[str, bytes]:
@@ -236,7 +249,8 @@ def params_seeds() -> dict[str, bytes]:
 def sweep_seeds() -> dict[str, bytes]:
     return {
         "valid-sweep.yaml": (ROOT / "sweep.yaml").read_bytes(),
-        "valid-small.yaml": b"space:\n  train.lr: {low: 0.01, high: 1, log: true}\n  train.model: {choices: [lenet, cnn]}\n"
+        "valid-small.yaml": b"space:\n  train.lr: {low: 0.01, high: 1, log: true}\n"
+                            b"  train.model: {choices: [lenet, cnn]}\n"
                             b"  train.shift: {low: 0, high: 4, step: 2}\nsampler: {seed: 3}\n",
         "damaged-unknown-param.yaml": b"space:\n  train.lrr: {low: 0.1, high: 0.2}\n",
         "damaged-range.yaml": b"space:\n  train.lr: {low: 0.5, high: 0.1}\n",
@@ -255,7 +269,8 @@ SEEDS = {"idx": idx_seeds, "model": model_seeds, "checkpoint": checkpoint_seeds,
 
 
 def main(names: list[str]) -> None:
-    assert set(SEEDS) == set(TARGETS), "a target without seeds, or seeds without a target"
+    if set(SEEDS) != set(TARGETS):
+        raise SystemExit(f"targets without seeds, or seeds without a target: {set(SEEDS) ^ set(TARGETS)}")
     for name in names or SEEDS:
         folder = TARGETS[name].seeds
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,10 @@ import functools
 import io
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ class Target:
     refused: Callable[[Any], bool] = lambda result: False  # a result that says no (a checkpoint not resumed)
     prepare: Callable[[bytes], bytes] = lambda data: data      # the fuzz input -> the file's bytes
     instrument: tuple[str, ...] = ()  # modules (with their submodules) whose branches guide the fuzzer, besides fmnist
-    words: Callable[[], list[bytes]] = lambda: []  # libFuzzer's dictionary: tokens worth inserting
+    words: Callable[[], list[bytes]] = list  # libFuzzer's dictionary: tokens worth inserting (none)
     rss_limit_mb: int = 2048     # the whole process, torch included (about 700 MB)
     timeout: int = 20            # seconds an input may take
     seeds: Path = field(init=False)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 PICKLE = b"\x80"  # pickle's PROTO opcode: how torch.save's data.pkl starts
 

@@ -109,6 +109,12 @@ def printable(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def quoted(text: str, limit: int = 300) -> str:
+    """Text from a file (a key, a name) for a message: one printable line, at most `limit` characters."""
+    text = printable(" ".join(text.split()))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def one_line(exc: BaseException, limit: int = 160) -> str:
     """The first sentence of an exception's message, on one printable line."""
     text = printable(" ".join(str(exc).split())) or type(exc).__name__

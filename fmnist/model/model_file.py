@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from fmnist.core.dataset import CLASSES
-from fmnist.core.errors import DataError, shown
+from fmnist.core.errors import DataError, quoted, shown
 from fmnist.core.io import read_bytes, read_stream, save_torch, torch_from_bytes
 from fmnist.model.nets import ARCHITECTURES, build_model, weights_problem
 
@@ -112,7 +112,7 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
     net = build_model(obj["model"], len(classes))
     problem = weights_problem(obj["state_dict"], net)
     if problem:
-        raise DataError(f"{name}: not the weights of a {obj['model']} net: {problem}; {hint}")
+        raise DataError(f"{name}: not the weights of a {obj['model']} net: {quoted(problem)}; {hint}")
     net.load_state_dict(obj["state_dict"])
     return net.eval(), obj
 
@@ -163,7 +163,7 @@ def _plain(found: Any, kinds: tuple[type, ...], most: int) -> dict | None:
     printable text where text); None otherwise (a file of an older version, or a damaged one)."""
     if not isinstance(found, dict) or len(found) > most or not all(
             isinstance(k, str) and len(k) <= 40 and k.isprintable() and type(v) in kinds
-            and (not isinstance(v, str) or len(v) <= 200 and v.isprintable())
+            and (not isinstance(v, str) or (len(v) <= 200 and v.isprintable()))
             for k, v in found.items()):
         return None
     return dict(found)

@@ -17,9 +17,9 @@ from helpers import ROOT
 if str(ROOT) not in sys.path:  # fuzz/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from fuzz.__main__ import corpus_files, replay  # noqa: E402
-from fuzz.oracle import Broken, check, message_problem  # noqa: E402
-from fuzz.targets import TARGETS  # noqa: E402
+from fuzz.__main__ import corpus_files, replay
+from fuzz.oracle import Broken, check, message_problem
+from fuzz.targets import TARGETS
 
 
 @pytest.mark.parametrize("name", TARGETS)

@@ -4,6 +4,7 @@ damaged torch file is a DataError (the bounds themselves: test_limits.py)."""
 from __future__ import annotations
 
 import io
+import pickle
 import resource
 import zipfile
 
@@ -45,6 +46,39 @@ def test_a_zip_entry_of_a_version_zipfile_cant_read_is_left_to_torch_load():
     assert torch_from_bytes(bytes(data), "x.pt", "hint", limit=1 << 20) == {"images": 1}
     with pytest.raises(DataError, match=r"^x.pt: not a readable torch file, truncated or damaged \(.*\); hint$"):
         torch_from_bytes(bytes(data[:entry + 20]), "x.pt", "hint", limit=1 << 20)
+
+
+def _pickled_dict_keyed_by(key: tuple) -> bytes:
+    """A torch file of {key: 1}, written without hashing `key` (torch.save would)."""
+    data = bytearray(pickle.dumps([key, 1], protocol=2))
+    data[2:3], data[-2:-1] = b"}", b"u"  # EMPTY_LIST ... APPENDS becomes EMPTY_DICT ... SETITEMS
+    source = zipfile.ZipFile(io.BytesIO(torch_bytes({})))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, bytes(data) if info.filename.endswith("data.pkl") else source.read(info))
+    return out.getvalue()
+
+
+def test_a_pickle_whose_tuples_share_parts_is_refused_before_loading():
+    """Found while fuzzing (fuzz/corpus/model/damaged-hash-bomb.pkl): 200 bytes of pickle build a tuple of
+    2^40 parts, each level two copies of the one below (the memo shares them); torch.load hashes a dict's
+    keys, and hashing a tuple walks every part, for hours. Here 2^22 parts, past the bound of a million."""
+    key = ()
+    for _ in range(21):
+        key = (key, key)
+    with pytest.raises(DataError, match=r"x.pt: its pickle builds a tuple of 4,194,303 parts from shared ones"):
+        torch_from_bytes(_pickled_dict_keyed_by(key), "x.pt", "hint")
+    assert torch_from_bytes(_pickled_dict_keyed_by(((1, 2), (3, 4))), "x.pt", "hint") == {((1, 2), (3, 4)): 1}
+
+
+def test_only_what_torch_save_writes_is_loaded():
+    """A torch file of the legacy format (before zip archives) is a pickle torch.load reads
+    without the zip around it: no file of this project is one."""
+    legacy = io.BytesIO()
+    torch.save({"a": 1}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(DataError, match=r"x.pt: not a torch file \(it doesn't start like one\); hint"):
+        torch_from_bytes(legacy.getvalue(), "x.pt", "hint")
 
 
 def test_a_damaged_torch_files_message_is_one_printable_line():
