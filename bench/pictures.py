@@ -159,8 +159,8 @@ def batches(folder: Path, counts: tuple[int, ...] = (10, 2000)) -> list[dict]:
     """fmnist-predict on `count` small pictures (one file named many times) with a fresh model."""
     import torch
 
-    from fmnist.model.nets import build_model
     from fmnist.model.model_file import save_model
+    from fmnist.model.nets import build_model
 
     model = folder / "model.pt"
     torch.manual_seed(0)

@@ -7,14 +7,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
 # Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
 # screen needed, nothing global changed for a notebook that imports this module.
 from matplotlib.figure import Figure
-import numpy as np
-import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from fmnist.core.dataset import CLASSES
+
 
 def summarize(labels: np.ndarray, probs: np.ndarray, loss: float) -> dict:
     """The headline test figures of metrics/eval.json: accuracy (a fraction), loss, macro F1."""

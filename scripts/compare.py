@@ -35,8 +35,14 @@ from fmnist.core.io import save_figure, write_text
 from fmnist.params import load_params
 from fmnist.serve.provenance import git, git_commit
 from fmnist.serve.report import (
-    CURVES, confusion_figure, confusion_matrix, curves_figure, metrics_table, per_class_f1_table,
-    render_markdown, verdict,
+    CURVES,
+    confusion_figure,
+    confusion_matrix,
+    curves_figure,
+    metrics_table,
+    per_class_f1_table,
+    render_markdown,
+    verdict,
 )
 
 # The pipeline's outputs, as dvc.yaml's `vars` name them.

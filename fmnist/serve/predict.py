@@ -28,16 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from fmnist.model.classifier import Classifier, probabilities, top_k
 from fmnist.core.errors import DataError, run
-from fmnist.serve.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
 from fmnist.core.io import md5_hex, open_bounded
+from fmnist.model.classifier import Classifier, probabilities, top_k
 from fmnist.model.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes, read_model_bytes
+from fmnist.serve.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
 from fmnist.serve.provenance import first_commit_recording, read_model_bytes_at
 
 BATCH = 256  # pictures decoded, classified and printed at a time

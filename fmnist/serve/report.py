@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+import pandas as pd
+
 # Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
 # screen needed, nothing global changed for a notebook that imports this module.
 from matplotlib.figure import Figure
-import numpy as np
-import pandas as pd
 
 from fmnist.core.dataset import CLASSES
 

@@ -34,12 +34,28 @@ from fmnist.core.errors import DataError, ParamError, PipelineError, Terminated,
 from fmnist.core.io import write_text
 from fmnist.params import check_params
 from fmnist.serve.provenance import git, git_commit
+from fmnist.sweep.results import pictures, summary
 from fmnist.sweep.search_space import SPACE_FILE, inside, load_space, override_value, overrides, parse_fixed, with_fixed
 from fmnist.sweep.study import (
-    DEFAULTS, EXPERIMENT, FAILURE, INTERRUPTED, LOG, RERUN_OF, WORKER, StudyLock, Worker, default_storage_url,
-    fail_lost_trials, heartbeats, open_storage, open_study, plan_trials, rerun_attrs, shown_url, storage_url,
+    DEFAULTS,
+    EXPERIMENT,
+    FAILURE,
+    INTERRUPTED,
+    LOG,
+    RERUN_OF,
+    WORKER,
+    StudyLock,
+    Worker,
+    default_storage_url,
+    fail_lost_trials,
+    heartbeats,
+    open_storage,
+    open_study,
+    plan_trials,
+    rerun_attrs,
+    shown_url,
+    storage_url,
 )
-from fmnist.sweep.results import pictures, summary
 from fmnist.sweep.trial_workspace import Workspace, dvc_command, last_error, push_experiment, run_quiet
 
 FAILURES_IN_A_ROW = 3  # then the pipeline, not the params, is the likely cause: the sweep stops

@@ -34,9 +34,10 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
@@ -200,7 +201,7 @@ class Worker:
     pid: int
 
     @classmethod
-    def me(cls) -> "Worker":
+    def me(cls) -> Worker:
         try:
             boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         except OSError:

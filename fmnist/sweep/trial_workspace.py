@@ -104,7 +104,7 @@ EPOCH_LINE = re.compile(rb"^epoch (\d+)/\d+: .*\| val loss \S+ acc ([0-9.]+)", r
 class Run:
     """One trial's `dvc exp run`, in its own process group."""
 
-    def __init__(self, proc: subprocess.Popen, workspace: "Workspace", log: Path):
+    def __init__(self, proc: subprocess.Popen, workspace: Workspace, log: Path):
         self.proc, self.workspace, self.log = proc, workspace, log
         self._read, self._accs = 0, []
 
@@ -152,7 +152,7 @@ class Workspace:
         self.paths = pipeline_paths(root)
 
     @classmethod
-    def take(cls, root: Path, count: int) -> list["Workspace"]:
+    def take(cls, root: Path, count: int) -> list[Workspace]:
         """`count` workspaces no other sweep process holds, locked for this one until it exits."""
         taken, index = [], 0
         while len(taken) < count:

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fmnist.training.distributed import World
 from fmnist.core.errors import DataError
 from fmnist.core.io import load_torch
 from fmnist.model.nets import weights_problem
+from fmnist.training.distributed import World
 from fmnist.training.loop import HISTORY_KEYS, Progress, TrainState
+
 
 class ResumeError(ValueError):
     """A checkpoint can't be resumed (the message says why); the caller starts afresh."""
@@ -131,9 +132,9 @@ def _restore(checkpoint: dict, state: TrainState, steps: int) -> Progress:
             or best["val_acc"] != history[best["epoch"] - 1]["val/acc"]:
         raise ValueError(f"the best epoch {best['epoch']!r:.20} doesn't match the history")
     averaged = checkpoint["ema"]
-    if ema is None and averaged is not None or ema is not None and (
+    if (ema is None and averaged is not None) or (ema is not None and (
             not isinstance(averaged, dict) or set(averaged) != {"updates", "state_dict"}
-            or averaged["updates"] != epoch * steps):
+            or averaged["updates"] != epoch * steps)):
         raise ValueError(f"the moving average of the weights is {averaged!r:.60}")
     for what, weights in (("weights", checkpoint["state_dict"]), ("best weights", best["state_dict"]),
                           ("averaged weights", averaged["state_dict"] if ema is not None else net.state_dict())):

@@ -12,7 +12,6 @@ import sys
 import yaml
 
 from helpers import ROOT
-
 from helpers.data import TINY_PARAMS, write_raw
 
 

@@ -24,12 +24,20 @@ import time
 import uuid
 from pathlib import Path
 
-from helpers.data import write_raw
-
-from helpers.processes import KILL_PARAMS, RUNTIME_LOCK, TRAIN_OUTPUTS, assert_same_run, final_state, launch, needs_proc, torchrun, workers_of
-
-from helpers.repos import make_repo
 from fmnist.model.model_file import load_model
+from helpers.data import write_raw
+from helpers.processes import (
+    KILL_PARAMS,
+    RUNTIME_LOCK,
+    TRAIN_OUTPUTS,
+    assert_same_run,
+    final_state,
+    launch,
+    needs_proc,
+    torchrun,
+    workers_of,
+)
+from helpers.repos import make_repo
 
 DDP_PARAMS = {"data": {"val_size": 60}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu"}}
 

@@ -24,17 +24,13 @@ import pytest
 import torch
 import yaml
 
-from helpers import ROOT
-
-from helpers.damage import file_size_limit, one_line
-
-from helpers.data import TINY_PARAMS, write_raw
-
-from helpers.processes import SLOW, assert_clean_failure, start_repro, wait_for
-
-from helpers.repos import make_repo, reproduced_repo, set_params
 from fmnist.core.io import torch_bytes
 from fmnist.model.model_file import load_model
+from helpers import ROOT
+from helpers.damage import file_size_limit, one_line
+from helpers.data import TINY_PARAMS, write_raw
+from helpers.processes import SLOW, assert_clean_failure, start_repro, wait_for
+from helpers.repos import make_repo, reproduced_repo, set_params
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once
 # (pyproject.toml runs pytest with --dist loadgroup).

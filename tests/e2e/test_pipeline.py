@@ -21,9 +21,7 @@ import pytest
 import yaml
 
 from helpers.data import TINY_PARAMS, write_raw
-
 from helpers.repos import Repo, make_repo, set_params
-
 
 EXP_SHOW_DROP = "^(fmnist|stages)/"  # the columns of code deps, as docs/experiments.md drops them
 OUTPUTS = [

@@ -26,9 +26,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-
 from helpers.data import TINY_PARAMS, write_raw
-
 from helpers.repos import make_repo
 
 pytestmark = pytest.mark.e2e
@@ -197,8 +195,8 @@ def test_every_chart_draws_offline_in_chromium(plots_page, tmp_path):
     by_id = {d["id"]: d for d in divs}
     requests = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
     errors = [e["params"] for e in events if e["method"] == "Runtime.exceptionThrown"
-              or e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert")
-              or e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
+              or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+              or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
 
     assert [url for url in requests if not url.startswith(("file:", "data:", "about:"))] == [], requests
     assert errors == [], errors

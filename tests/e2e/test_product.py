@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers import ROOT
-
-from helpers.pictures import png, write_pictures
-
-from helpers.repos import Repo, make_repo, run
-from fmnist.model.classifier import Classifier
 from fmnist.core.dataset import CLASSES
+from fmnist.model.classifier import Classifier
 from fmnist.model.nets import build_model
+from helpers import ROOT
+from helpers.pictures import png, write_pictures
+from helpers.repos import Repo, make_repo, run
 
 
 def predict_command() -> list[str]:

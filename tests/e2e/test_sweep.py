@@ -24,10 +24,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers.data import write_raw
-
-from helpers.repos import make_repo
 from fmnist.sweep.study import storage_url
+from helpers.data import write_raw
+from helpers.repos import make_repo
 
 SWEEP = str(Path(sys.executable).parent / "fmnist-sweep")
 # A small net that learns the synthetic images in an epoch or two.

@@ -10,7 +10,6 @@ import re
 import yaml
 
 from helpers import ROOT
-
 from helpers.import_map import imports
 
 # docs/architecture.md's columns: the entry point each one is.

@@ -28,19 +28,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ROOT
-
-from helpers.data import idx_bytes, synthetic, write_raw
-from fmnist.training.checkpoint import max_checkpoint_bytes, resume
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError
-from fmnist.serve.images import MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS, WORK, decode, to_fashion_mnist
 from fmnist.core.io import save_torch, torch_bytes
-from fmnist.model.nets import build_model
 from fmnist.model.model_file import MAX_MODEL_BYTES, load_model, model_from_bytes
+from fmnist.model.nets import build_model
 from fmnist.raw import download, max_file_bytes, parse_idx, read_idx_file, read_raw_split
+from fmnist.serve.images import MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS, WORK, decode, to_fashion_mnist
 from fmnist.splits import MAX_SPLIT_BYTES, load_split
+from fmnist.training.checkpoint import max_checkpoint_bytes, resume
 from fmnist.training.loop import TrainState
+from helpers import ROOT
+from helpers.data import idx_bytes, synthetic, write_raw
 
 PEAK_BOUND = 1 << 30  # bytes of resident memory a refusing command may reach (see the docstring)
 HUGE = 100_000  # pixels a side: 10 gigapixels

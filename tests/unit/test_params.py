@@ -22,16 +22,14 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT
-
-from helpers.damage import leaves, one_line
-
-from helpers.data import synthetic, train_params
-from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.core.errors import ParamError
 from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems
 from fmnist.splits import split_train_val
+from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.training.loop import Settings, build, fit
+from helpers import ROOT
+from helpers.damage import leaves, one_line
+from helpers.data import synthetic, train_params
 
 CPU = torch.device("cpu")
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.data import idx_bytes, synthetic, write_raw
-
-from helpers.repos import file_md5
 from fmnist.core.errors import DataError
 from fmnist.raw import check_pair, download, parse_idx
+from helpers.data import idx_bytes, synthetic, write_raw
+from helpers.repos import file_md5
 
 
 def test_reads_the_files_it_is_given(tmp_path):

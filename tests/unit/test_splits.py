@@ -8,12 +8,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.damage import one_line
-
-from helpers.data import synthetic
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
 from fmnist.splits import class_counts, load_split, split_train_val
+from helpers.damage import one_line
+from helpers.data import synthetic
 
 
 def test_split_is_disjoint_complete_and_seeded():

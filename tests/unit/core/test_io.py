@@ -6,9 +6,9 @@ import resource
 
 import pytest
 
-from helpers.damage import file_size_limit
 from fmnist.core.errors import OutputError
 from fmnist.core.io import write_bytes, write_folder
+from helpers.damage import file_size_limit
 
 
 def test_a_write_past_the_file_size_limit_keeps_the_previous_file(tmp_path):

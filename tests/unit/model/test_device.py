@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model.device import pick_device, pick_dtype
 from fmnist.core.errors import ParamError
+from fmnist.model.device import pick_device, pick_dtype
 
 CPU = torch.device("cpu")
 

@@ -11,15 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.damage import one_line, put_junk
-
-from helpers.data import synthetic
-from fmnist.model.classifier import Classifier, score
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
-from fmnist.model.nets import build_model
+from fmnist.model.classifier import Classifier, score
 from fmnist.model.model_file import load_model
+from fmnist.model.nets import build_model
+from helpers.damage import one_line, put_junk
+from helpers.data import synthetic
 
 CPU = torch.device("cpu")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.data import tiny
 from fmnist.model.nets import ARCHITECTURES, build_model
+from helpers.data import tiny
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

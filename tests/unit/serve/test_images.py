@@ -13,11 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.data import synthetic
-
-from helpers.pictures import jpeg, png, webp
 from fmnist.core.errors import DataError
 from fmnist.serve.images import decode, is_dark_on_light, to_fashion_mnist
+from helpers.data import synthetic
+from helpers.pictures import jpeg, png, webp
 
 
 def test_stored_pictures_decode_to_their_pixels_and_negatives_are_negated():

@@ -18,14 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT
-
-from helpers.data import synthetic
-
-from helpers.pictures import png, write_pictures
 from fmnist.core import errors
 from fmnist.core.dataset import CLASSES
 from fmnist.serve.predict import cli
+from helpers import ROOT
+from helpers.data import synthetic
+from helpers.pictures import png, write_pictures
 
 
 def test_predict_names_the_garment_in_every_kind_of_picture(model_file, tmp_path, capsys):

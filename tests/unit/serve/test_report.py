@@ -17,12 +17,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ROOT
 from fmnist.core.dataset import CLASSES
 from fmnist.serve.report import (
-    CHART_LINES, confusion_changes, confusion_markdown, curves_markdown, curves_mermaid, metrics_table,
-    per_class_f1_table, render_markdown,
+    CHART_LINES,
+    confusion_changes,
+    confusion_markdown,
+    curves_markdown,
+    curves_mermaid,
+    metrics_table,
+    per_class_f1_table,
+    render_markdown,
 )
+from helpers import ROOT
 
 PALETTE = [colour for *_, colour in CHART_LINES]
 

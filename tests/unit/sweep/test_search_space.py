@@ -8,9 +8,9 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from helpers import ROOT
 from fmnist.core.errors import ParamError
 from fmnist.sweep.search_space import inside, load_space, override_value, overrides, parse_fixed, parse_space
+from helpers import ROOT
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from helpers.sweeps import optuna_trial as trial
 from fmnist.core.errors import ParamError
 from fmnist.sweep.study import FAILURE, RERUN_OF, StudyLock, Worker, open_storage, open_study, plan_trials
+from helpers.sweeps import optuna_trial as trial
 
 
 def test_interrupted_trials_are_rerun_once_and_do_not_count():

@@ -6,9 +6,9 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from helpers.sweeps import optuna_trial as trial
-from fmnist.sweep.study import DEFAULTS, FAILURE, LOG
 from fmnist.sweep.results import pictures, summary
+from fmnist.sweep.study import DEFAULTS, FAILURE, LOG
+from helpers.sweeps import optuna_trial as trial
 
 
 def test_the_summary_ranks_by_validation_accuracy_and_points_at_failures():

@@ -18,15 +18,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT
-
-from helpers.damage import one_line, put_junk
-
-from helpers.data import synthetic, tiny
+from fmnist.core.io import torch_bytes
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.training.distributed import steps_per_epoch
-from fmnist.core.io import torch_bytes
 from fmnist.training.loop import Settings, build, fit
+from helpers import ROOT
+from helpers.damage import one_line, put_junk
+from helpers.data import synthetic, tiny
 
 CPU = torch.device("cpu")
 TRAIN = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from helpers import ROOT
-from fmnist.training import environment
 from fmnist.core.errors import DataError
+from fmnist.training import environment
+from helpers import ROOT
 
 spec = importlib.util.spec_from_file_location("lock_script", ROOT / "scripts" / "lock.py")
 lock = importlib.util.module_from_spec(spec)
