@@ -278,10 +278,10 @@ def markdown(rows: list[dict]) -> str:
             f"| {_fraction(r['seconds_to'].get(first), ref['seconds_to'].get(first))} |").replace("%", ""))
     notes = [
         "",
-        f"The reference's times are its training loop's alone (no start-up, no data loading), its "
-        f"times to each accuracy are at epoch granularity and its accuracy is its last epoch's; the profiles' stage times "
-        f"are the `python stages/...` commands' wall times, start-up included, their times to each accuracy are "
-        f"scored every {CHECK_EVERY} steps.",
+        (f"The reference's times are its training loop's alone (no start-up, no data loading), its "
+         f"times to each accuracy are at epoch granularity and its accuracy is its last epoch's; the profiles' stage "
+         f"times are the `python stages/...` commands' wall times, start-up included, their times to each accuracy "
+         f"are scored every {CHECK_EVERY} steps."),
     ]
     notes.append("A dash: not reached (by every seed, for a mean).")
     return "\n".join(lines + notes) + "\n"

@@ -63,7 +63,7 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, preds: np.ndarray
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong):
+    for ax, i in zip(axes.flat, wrong, strict=False):  # the grid may have spare cells
         ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
         confidence = f" {probs[i, preds[i]]:.2f}" if probs is not None else ""
         ax.set_title(f"{CLASSES[labels[i]]}\n-> {CLASSES[preds[i]]}{confidence}", fontsize=8)

@@ -8,8 +8,8 @@
 
 PNG, JPEG, WebP, GIF, BMP or TIFF up to 537 megapixels, grey or colour; a garment
 photographed dark on a light ground is negated, as the data set's images are light on
-dark, and fitted into 28x28 keeping its aspect ratio (fmnist/serve/images.py). The model is models/model.pt, another file
-with --model, or the one of a git revision or registered version with --rev, read
+dark, and fitted into 28x28 keeping its aspect ratio (fmnist/serve/images.py). The model is models/model.pt,
+another file with --model, or the one of a git revision or registered version with --rev, read
 through DVC from the cache or the default remote. Each picture's probabilities are
 averaged with its mirror image's, as the evaluate stage does with evaluate.tta: true
 (--no-tta: the picture alone). A picture that can't be read costs one line on stderr;
@@ -194,7 +194,7 @@ def cli(argv: list[str] | None = None) -> int:
     failed: list[Path] = []
     for good, images in read_batches(args.files, failed):
         probs = probabilities(classifier, images, device=torch.device("cpu"), batch_size=BATCH)
-        for path, p in zip(good, probs):
+        for path, p in zip(good, probs, strict=True):
             top = [{"class": c, "probability": round(v, 6)} for c, v in top_k(p, classes, args.top)]
             printer.add({"path": str(path), "class": top[0]["class"], "probability": top[0]["probability"],
                          "top": top})

@@ -115,7 +115,7 @@ def open_storage(url: str) -> RDBStorage:
             reason = _reason(exc)
             # Workers that start together on a new database race to create Optuna's tables.
             if attempt < 3 and ("duplicate key" in reason or "already exists" in reason):
-                time.sleep(0.5 + random.random())
+                time.sleep(0.5 + random.random())  # noqa: S311 - jitter between racing workers, not a secret
                 continue
             raise ParamError(f"--storage {shown}: can't be reached: {reason}") from None
 

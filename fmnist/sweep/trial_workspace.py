@@ -158,7 +158,7 @@ class Workspace:
         while len(taken) < count:
             ws = cls(root, index)
             ws._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(ws._lock_path, "a")
+            f = open(ws._lock_path, "a")  # noqa: SIM115 - held open, and so locked, until the sweep exits
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

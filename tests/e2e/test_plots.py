@@ -89,7 +89,7 @@ class Chromium:
 
         self.proc = subprocess.Popen(
             [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4, *ends), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            pass_fds=(3, 4, *ends), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: PLW1509 - two os.dup2 calls, no lock taken
         for fd in ends:
             os.close(fd)
         self._next_id, self.session = 0, None
