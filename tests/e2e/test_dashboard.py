@@ -45,8 +45,16 @@ def need(found: bool, what: str) -> None:
     if found:
         return
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing in CI (.ci/run installs chromium; the test extra's lock, optuna-dashboard)")
+        pytest.fail(f"needs {what}, missing in CI")
     pytest.skip(f"needs {what}")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's package, or the Chrome that GitHub's Ubuntu runners come with."""
+    executable = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    need(executable is not None, "chromium (apt-get install chromium; .ci/run does)")
+    return executable
 
 
 def free_port() -> int:
@@ -107,7 +115,7 @@ def make_sweep_study(path: Path) -> str:
 def dashboard(tmp_path):
     """optuna-dashboard on 127.0.0.1 (a free port) over a sweep's study: (base URL, study id, its log)."""
     executable = Path(sys.executable).parent / "optuna-dashboard"
-    need(executable.is_file(), "optuna-dashboard (pip install -r requirements/test.txt; make test does)")
+    need(executable.is_file(), f"optuna-dashboard beside {sys.executable} (the test extra: make test installs it)")
     import optuna
 
     url = make_sweep_study(tmp_path / "optuna.db")
@@ -141,10 +149,8 @@ def dashboard(tmp_path):
             proc.wait(timeout=10)
 
 
-def render(url: str, profile: Path) -> str:
+def render(executable: str, url: str, profile: Path) -> str:
     """The DOM of `url` once its scripts have run and its requests have been answered."""
-    executable = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    need(executable is not None, "chromium (apt-get install chromium)")
     # Virtual time runs only while no request is pending: 30 s of it is the page's fetches and
     # drawing with plenty to spare, however slow the machine.
     proc = subprocess.run([executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000",
@@ -159,15 +165,15 @@ def text_of(dom: str) -> str:
     return " ".join(html.unescape(words).split())
 
 
-def test_the_dashboard_draws_a_sweeps_trials(dashboard, tmp_path):
+def test_the_dashboard_draws_a_sweeps_trials(chromium, dashboard, tmp_path):
     base, study_id, log = dashboard
-    dom = render(f"{base}/dashboard/studies/{study_id}", tmp_path / "profile")
+    dom = render(chromium, f"{base}/dashboard/studies/{study_id}", tmp_path / "profile")
     text = text_of(dom)
 
     # The history chart (a Plotly div): one point per trial with a value, by trial number
     # (x grows), the higher the value the higher the point (SVG's y shrinks).
-    start = dom.index('id="plot-history"')
-    history = dom[start:dom.index("js-plotly-plot", start + 20)]
+    start = dom.index(">", dom.index('id="plot-history"'))  # from the end of its tag to the next chart's
+    history = dom[start:dom.index("js-plotly-plot", start)]
     points = [tuple(map(float, xy)) for xy in re.findall(
         r'<path[^>]*class="point"[^>]*transform="translate\(([\d.]+),([\d.]+)\)"', history)]
     values = [*VALUES, PRUNED_AT]

@@ -28,4 +28,6 @@ def test_ruff_check_finds_nothing():
     # --no-cache: nothing written into the checkout by the test run.
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"`ruff check .` (fix each, or say why on its line: `# noqa: RULE - why`):\n"
+                    f"{proc.stdout}{proc.stderr}", pytrace=False)
