@@ -16,7 +16,7 @@ One torch file (weights_only loadable: no code runs from it) holding a dict:
 | epoch | the epoch kept (best validation accuracy) |
 | val_acc | its validation accuracy (a fraction) |
 | data_sha256 | sha256 of the training images and labels |
-| environment | what trained it: python, torch, platform, lock and lock_sha256 (fmnist.training.environment.describe) |
+| environment | what trained it (environment.describe): python, torch, platform, the runtime lock and its sha256 |
 
 The evaluate and export stages, `fmnist-predict` and `make compare` read it through
 `load_model` / `model_from_bytes`, which check every key before a net is built; a file
