@@ -8,8 +8,8 @@
 
 PNG, JPEG, WebP, GIF, BMP or TIFF up to 537 megapixels, grey or colour; a garment
 photographed dark on a light ground is negated, as the data set's images are light on
-dark, and fitted into 28x28 keeping its aspect ratio (fmnist/serve/images.py). The model is models/model.pt, another file
-with --model, or the one of a git revision or registered version with --rev, read
+dark, and fitted into 28x28 keeping its aspect ratio (fmnist/serve/images.py). The model is models/model.pt,
+another file with --model, or the one of a git revision or registered version with --rev, read
 through DVC from the cache or the default remote. Each picture's probabilities are
 averaged with its mirror image's, as the evaluate stage does with evaluate.tta: true
 (--no-tta: the picture alone). A picture that can't be read costs one line on stderr;
@@ -28,16 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from fmnist.model.classifier import Classifier, probabilities, top_k
 from fmnist.core.errors import DataError, run
-from fmnist.serve.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
 from fmnist.core.io import md5_hex, open_bounded
+from fmnist.model.classifier import Classifier, probabilities, top_k
 from fmnist.model.model_file import MODEL_HINT, card, model_from_bytes, read_model_bytes
+from fmnist.serve.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
 from fmnist.serve.provenance import first_commit_recording, model_path, read_model_bytes_at
 
 BATCH = 256  # pictures decoded, classified and printed at a time
@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="exit codes: 0 all pictures classified, 1 a picture or the model could not be read, "
                "2 bad arguments")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, metavar="PATH", help="a model file (default: dvc.yaml's vars.model, models/model.pt)")
+    source.add_argument("--model", type=Path, metavar="PATH",
+                        help="a model file (default: dvc.yaml's vars.model, models/model.pt)")
     source.add_argument("--rev", help="a git commit, branch or tag, or a registered version such as "
                                       "fashion-classifier@v1.0.0: its model, read through DVC")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -194,7 +195,7 @@ def cli(argv: list[str] | None = None) -> int:
     failed: list[Path] = []
     for good, images in read_batches(args.files, failed):
         probs = probabilities(classifier, images, device=torch.device("cpu"), batch_size=BATCH)
-        for path, p in zip(good, probs):
+        for path, p in zip(good, probs, strict=True):
             top = [{"class": c, "probability": round(v, 6)} for c, v in top_k(p, classes, args.top)]
             printer.add({"path": str(path), "class": top[0]["class"], "probability": top[0]["probability"],
                          "top": top})

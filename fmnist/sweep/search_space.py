@@ -188,9 +188,9 @@ def _dimension(where: str, name: str, entry: Any, kind: type, params: dict) -> B
                              f"(to fix one value for every trial, use -S {name}=VALUE)")
         if len({repr(c) for c in choices}) < len(choices):
             raise ParamError(f"{where}.choices: {shown(choices)} lists a value twice")
-        for i, choice in enumerate(choices):
-            if kind is float and isinstance(choice, int) and not isinstance(choice, bool):
-                choices[i] = choice = float(choice)
+        if kind is float:  # 1 is a fine learning rate, as in params.yaml
+            choices = [float(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in choices]
+        for choice in choices:
             problem = _refused(params, name, choice)
             if problem:
                 raise ParamError(f"{where}.choices: {shown(choice)} is refused by the params checks: {problem}")
@@ -240,11 +240,13 @@ def _settings(path: str, section: str, given: Any, defaults: dict) -> dict:
                              f"known keys: {', '.join(defaults)}")
         if key == "percentile":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100:
-                raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, expected a number above 0 and below 100")
-            value = float(value)
+                raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, "
+                                 f"expected a number above 0 and below 100")
+            out[key] = float(value)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, expected an integer >= 0")
-        out[key] = value
+        else:
+            out[key] = value
     return out
 
 

@@ -34,9 +34,10 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
@@ -114,7 +115,7 @@ def open_storage(url: str) -> RDBStorage:
             reason = _reason(exc)
             # Workers that start together on a new database race to create Optuna's tables.
             if attempt < 3 and ("duplicate key" in reason or "already exists" in reason):
-                time.sleep(0.5 + random.random())
+                time.sleep(0.5 + random.random())  # noqa: S311 - jitter between racing workers, not a secret
                 continue
             raise ParamError(f"--storage {shown}: can't be reached: {reason}") from None
 
@@ -200,7 +201,7 @@ class Worker:
     pid: int
 
     @classmethod
-    def me(cls) -> "Worker":
+    def me(cls) -> Worker:
         try:
             boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         except OSError:

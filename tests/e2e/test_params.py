@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from helpers.data import write_raw
-
 from helpers.processes import assert_clean_failure
-
 from helpers.repos import file_md5, make_repo, set_params
 
 

@@ -26,9 +26,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-
 from helpers.data import TINY_PARAMS, write_raw
-
 from helpers.repos import make_repo
 
 pytestmark = pytest.mark.e2e
@@ -91,7 +89,7 @@ class Chromium:
 
         self.proc = subprocess.Popen(
             [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4, *ends), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            pass_fds=(3, 4, *ends), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: PLW1509 - two os.dup2 calls, no lock taken
         for fd in ends:
             os.close(fd)
         self._next_id, self.session = 0, None
@@ -197,8 +195,8 @@ def test_every_chart_draws_offline_in_chromium(plots_page, tmp_path):
     by_id = {d["id"]: d for d in divs}
     requests = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
     errors = [e["params"] for e in events if e["method"] == "Runtime.exceptionThrown"
-              or e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert")
-              or e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
+              or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+              or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
 
     assert [url for url in requests if not url.startswith(("file:", "data:", "about:"))] == [], requests
     assert errors == [], errors

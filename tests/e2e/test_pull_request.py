@@ -33,9 +33,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import ROOT
-
 from helpers.data import write_raw
-
 from helpers.repos import Repo, make_repo, set_params, table_row
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once
@@ -130,10 +128,12 @@ def run_workflow(act: str, repo: Repo, root: Path, name: str) -> SimpleNamespace
     seconds = time.monotonic() - start
     log = proc.stdout + proc.stderr
     (root / f"act-{name}.log").write_text(log)
-    print(f"\nact run '{name}': job wall time {seconds:.0f} s, exit code {proc.returncode} (log: {root}/act-{name}.log)")
+    print(f"\nact run '{name}': job wall time {seconds:.0f} s, exit code {proc.returncode} "
+          f"(log: {root}/act-{name}.log)")
     comments_file = root / "gh" / "comments.json"
     return SimpleNamespace(
-        returncode=proc.returncode, log=log, steps=step_logs(log), seconds=seconds, artifacts=artifacts / "compare-report",
+        returncode=proc.returncode, log=log, steps=step_logs(log), seconds=seconds,
+        artifacts=artifacts / "compare-report",
         comments=json.loads(comments_file.read_text()).get(str(NUMBER), []) if comments_file.exists() else [],
     )
 

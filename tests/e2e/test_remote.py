@@ -118,7 +118,7 @@ def test_s3_remote_push_then_pull_in_a_fresh_clone(tmp_path, tiny_raw, s3_endpoi
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 - moto's
     s3.create_bucket(Bucket=BUCKET)
     repo = setup_repo(tmp_path, tiny_raw)
     repro_and_commit(repo)

@@ -22,16 +22,14 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT
-
-from helpers.damage import leaves, one_line
-
-from helpers.data import synthetic, train_params
-from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.core.errors import ParamError
 from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems
 from fmnist.splits import split_train_val
+from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.training.loop import build, fit
+from helpers import ROOT
+from helpers.damage import leaves, one_line
+from helpers.data import synthetic, train_params
 
 CPU = torch.device("cpu")
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -100,8 +98,8 @@ def test_missing_keys_and_sections():
 DAMAGED_PARAMS = {
     "binary garbage": (bytes(range(128, 256)) * 4, "cannot be read as text ('utf-8' codec can't decode byte 0x80"),
     "empty": (b"", "the file is empty"),
-    "a YAML list": (b"- data\n- train\n", "expected a mapping of sections (data, train, evaluate, compare) at the "
-                                        "top, got ['data', 'train']"),
+    "a YAML list": (b"- data\n- train\n", ("expected a mapping of sections (data, train, evaluate, compare) at the "
+                                         "top, got ['data', 'train']")),
     "a number": (b"3\n", "at the top, got 3"),
     "broken YAML": (b"train: [1, 2\n", "not valid YAML"),
     "absurdly deep": (b"[" * 1000, "not valid YAML"),  # RecursionError in PyYAML
@@ -142,9 +140,9 @@ def test_any_value_anywhere_in_params_is_checked_params_or_one_line_per_problem(
         load_params(path)
     except ParamError as exc:
         first, *rest = str(exc).split("\n")
-        assert first.startswith(f"{path}"), str(exc)
-        assert all(line.startswith("  ") and line.strip() for line in rest), str(exc)
-        assert len(rest) == 0 or first.endswith(f"has {len(rest)} problems:"), str(exc)
+        assert first.startswith(f"{path}"), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
+        assert all(line.startswith("  ") and line.strip() for line in rest), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
+        assert len(rest) == 0 or first.endswith(f"has {len(rest)} problems:"), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
 
 
 def test_several_problems_one_line_each(tmp_path):
@@ -183,12 +181,12 @@ def test_the_params_check_refuses_what_cannot_train():
 
     assert check() == []
     assert check(nproc=4, batch_size=3) == [
-        "train.batch_size: got 3, but each of the train.nproc 4 processes takes batch_size / nproc images "
-        "a step: it must be at least 4"]
+        ("train.batch_size: got 3, but each of the train.nproc 4 processes takes batch_size / nproc images "
+         "a step: it must be at least 4")]
     params = {**DEFAULTS, "data": {**DEFAULTS["data"], "val_size": 59_998}, "train": {**DEFAULTS["train"], "nproc": 3}}
     assert check_params(params) == [
-        "train.nproc: got 3, but Fashion-MNIST has 60000 training images and data.val_size holds out 59998, "
-        "leaving 2: fewer than one per process; lower train.nproc or data.val_size"]
+        ("train.nproc: got 3, but Fashion-MNIST has 60000 training images and data.val_size holds out 59998, "
+         "leaving 2: fewer than one per process; lower train.nproc or data.val_size")]
     params["data"]["val_size"] = 59_999
     params["train"]["nproc"] = 1
     assert check_params(params) == []  # one training image trains

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.data import idx_bytes, synthetic, write_raw
-
-from helpers.repos import file_md5
 from fmnist.core.errors import DataError
 from fmnist.raw import check_pair, download, parse_idx
+from helpers.data import idx_bytes, synthetic, write_raw
+from helpers.repos import file_md5
 
 
 def test_reads_the_files_it_is_given(tmp_path):
@@ -66,7 +65,7 @@ def test_counts_that_disagree_and_labels_out_of_range():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200) | st.builds(lambda b: gzip.compress(b), st.binary(max_size=200)),
+@given(st.binary(max_size=200) | st.builds(gzip.compress, st.binary(max_size=200)),
        st.sampled_from(["images", "labels"]))
 def test_any_bytes_give_arrays_or_a_data_error(raw, kind):
     try:

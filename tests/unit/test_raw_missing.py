@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.data import write_raw
 from fmnist.core.errors import DataError
 from fmnist.raw import RAW_ENV, fetch_raw
+from helpers.data import write_raw
 
 
 def test_every_missing_raw_file_is_named_at_once(tmp_path):

@@ -8,12 +8,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.damage import one_line
-
-from helpers.data import synthetic
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
 from fmnist.splits import class_counts, load_split, split_train_val
+from helpers.damage import one_line
+from helpers.data import synthetic
 
 
 def test_split_is_disjoint_complete_and_seeded():
@@ -54,7 +53,8 @@ DAMAGED_SPLITS = {
     "a list": (torch_bytes([1, 2, 3]), "expected a dict with 'images' and 'labels', found a list"),
     "a bare tensor": (torch_bytes(torch.zeros(3, 28, 28)), "found a Tensor"),
     "no labels": (_split(labels=None), "found keys ['images']"),
-    "float images": (_split(images=torch.zeros(12, 28, 28)), "'images' should be uint8 (N, 28, 28), found torch.float32"),
+    "float images": (_split(images=torch.zeros(12, 28, 28)),
+                     "'images' should be uint8 (N, 28, 28), found torch.float32"),
     "32x32 images": (_split(images=torch.zeros(12, 32, 32, dtype=torch.uint8)), "found torch.uint8 (12, 32, 32)"),
     "int32 labels": (_split(labels=torch.zeros(12, dtype=torch.int32)), "'labels' should be int64 (N,)"),
     "2-d labels": (_split(labels=torch.zeros(12, 2, dtype=torch.long)), "found torch.int64 (12, 2)"),

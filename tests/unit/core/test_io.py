@@ -6,9 +6,9 @@ import resource
 
 import pytest
 
-from helpers.damage import file_size_limit
 from fmnist.core.errors import OutputError
 from fmnist.core.io import write_bytes, write_folder
+from helpers.damage import file_size_limit
 
 
 def test_a_write_past_the_file_size_limit_keeps_the_previous_file(tmp_path):
@@ -25,7 +25,8 @@ def test_a_write_past_the_file_size_limit_keeps_the_previous_file(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert str(err.value) == f"{target}: could not write it (File too large); the previous one is unchanged"
-    assert str(folder_err.value) == f"{folder / 'b.pt'}: could not write it (File too large); the previous one is unchanged"
+    assert str(folder_err.value) == (f"{folder / 'b.pt'}: could not write it (File too large); "
+                                     f"the previous one is unchanged")
     assert target.read_bytes() == b"previous"
     assert (folder / "a.pt").read_bytes() == b"a" and (folder / "b.pt").read_bytes() == b"b"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "prepared"]  # no temporary left

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.data import synthetic
 from fmnist.model.classifier import Classifier, normalize, score
 from fmnist.model.nets import build_model
+from helpers.data import synthetic
 
 CPU = torch.device("cpu")
 

@@ -11,15 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.damage import one_line, put_junk
-
-from helpers.data import synthetic
-from fmnist.model.classifier import Classifier, score
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
-from fmnist.model.nets import build_model
+from fmnist.model.classifier import Classifier, score
 from fmnist.model.model_file import load_model
+from fmnist.model.nets import build_model
+from helpers.damage import one_line, put_junk
+from helpers.data import synthetic
 
 CPU = torch.device("cpu")
 
@@ -58,7 +57,8 @@ DAMAGED_MODELS = {
     "architecture a list": (torch_bytes(_model(model=["cnn"])), "unknown architecture ['cnn']"),
     "three classes": (torch_bytes(_model(classes=["a", "b", "c"])), "'classes' should be a list of 10 class names"),
     "weights a string": (torch_bytes(_model(state_dict="weights")), "the weights are a str, not a dict of tensors"),
-    "a weight missing": (torch_bytes(_model(state_dict={})), "not the weights of a lenet net: 10 weights missing (0.bias, 0.weight, 11.bias, ...)"),
+    "a weight missing": (torch_bytes(_model(state_dict={})),
+                         "not the weights of a lenet net: 10 weights missing (0.bias, 0.weight, 11.bias, ...)"),
     "wrong shape": (torch_bytes(_weights("0.weight", torch.zeros(3, 3))),
                     "weight 0.weight is torch.float32 (3, 3), expected torch.float32 (6, 1, 5, 5)"),
     "wrong dtype": (torch_bytes(_weights("0.weight", torch.zeros(6, 1, 5, 5, dtype=torch.float64))),

@@ -18,14 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT
-
-from helpers.data import synthetic
-
-from helpers.pictures import png, write_pictures
 from fmnist.core import errors
 from fmnist.core.dataset import CLASSES
 from fmnist.serve.predict import cli
+from helpers import ROOT
+from helpers.data import synthetic
+from helpers.pictures import png, write_pictures
 
 
 def test_predict_names_the_garment_in_every_kind_of_picture(model_file, tmp_path, capsys):
@@ -43,7 +41,7 @@ def test_predict_names_the_garment_in_every_kind_of_picture(model_file, tmp_path
     assert cli(["--model", str(model_file), *map(str, truth)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["file", "class", "probability", "top"] and len(table) == 1 + len(truth)
-    assert all(line.split()[0] == str(path) for line, path in zip(table[1:], truth))
+    assert all(line.split()[0] == str(path) for line, path in zip(table[1:], truth, strict=True))
 
 
 def test_unreadable_pictures_cost_one_line_each_and_the_rest_are_classified(model_file, tmp_path, capsys):
@@ -69,7 +67,7 @@ def test_a_damaged_or_missing_model_is_one_line_and_exit_1(model_file, tmp_path,
     try:
         for model, message in ((damaged, "not a readable torch file"), (tmp_path / "none.pt", "missing")):
             with pytest.raises(SystemExit) as exit:
-                errors.run(lambda: cli(["--model", str(model), str(picture)]))
+                errors.run(lambda: cli(["--model", str(model), str(picture)]))  # noqa: B023 - called at once
             out, err = capsys.readouterr()
             assert exit.value.code == 1 and out == ""
             assert err.count("\n") == 1 and err.startswith(f"error: {model}: {message}"), err

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from helpers import ROOT
 from fmnist.core.errors import ParamError
 from fmnist.sweep.search_space import inside, load_space, override_value, overrides, parse_fixed, parse_space
+from helpers import ROOT
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -49,8 +49,10 @@ def test_ranges_become_optuna_distributions_of_the_params_type():
 @pytest.mark.parametrize("text, expected", [
     ("space:\n  train.lrr: {low: 0.1, high: 1}\n", "space.train.lrr: unknown param (did you mean 'train.lr'?)"),
     ("space:\n  lr: {low: 0.1, high: 1}\n", "space.lr: unknown param"),
-    ("space:\n  data.val_size: {low: 100, high: 1000}\n", "data.val_size can't be searched: it changes the validation set"),
-    ("space:\n  evaluate.tta: {choices: [true, false]}\n", "evaluate.tta can't be searched: it changes only the test side"),
+    ("space:\n  data.val_size: {low: 100, high: 1000}\n",
+     "data.val_size can't be searched: it changes the validation set"),
+    ("space:\n  evaluate.tta: {choices: [true, false]}\n",
+     "evaluate.tta can't be searched: it changes only the test side"),
     ("space:\n  train.nproc: {low: 1, high: 2}\n", "train.nproc can't be searched: a trial trains in one process"),
     ("space:\n  train.lr: {low: 0.1, hgih: 1}\n", "space.train.lr.hgih: unknown key (did you mean 'high'?)"),
     ("space:\n  train.lr: {low: 0.1}\n", "space.train.lr: high missing"),
@@ -58,11 +60,13 @@ def test_ranges_become_optuna_distributions_of_the_params_type():
     ("space:\n  train.lr: {low: 0.5, high: 0.5}\n", "use -S train.lr=VALUE"),
     ("space:\n  train.label_smoothing: {low: 0, high: 0.2, log: true}\n", "a log scale needs low above 0, got 0"),
     ("space:\n  train.shift: {low: 0.5, high: 2}\n", "space.train.shift.low: got 0.5, but the param takes integers"),
-    ("space:\n  train.model: {low: 1, high: 2}\n", "train.model takes the name of a net registered in fmnist/model/nets.py: give choices"),
+    ("space:\n  train.model: {low: 1, high: 2}\n",
+     "train.model takes the name of a net registered in fmnist/model/nets.py: give choices"),
     ("space:\n  train.model: {choices: [cnn3]}\n", "expected a list of at least two values"),
     ("space:\n  train.model: {choices: [cnn3, cnn3]}\n", "lists a value twice"),
     ("space:\n  train.lr: {choices: [0.1, 0.2], low: 0.1}\n", "choices and low can't go together"),
-    ("space:\n  train.weight_decay: {low: 1e-5, high: 0.01}\n", "YAML reads as text: write it with a dot, as in 1.0e-5"),
+    ("space:\n  train.weight_decay: {low: 1e-5, high: 0.01}\n",
+     "YAML reads as text: write it with a dot, as in 1.0e-5"),
     ("space:\n  train.lr: 0.1\n", "expected a range {low: ..., high: ...} or {choices: [...]}"),
     ("space: {}\n", "space: expected a mapping of params"),
     ("spaec:\n  train.lr: {low: 0.1, high: 1}\n", "expected a mapping with a 'space'"),

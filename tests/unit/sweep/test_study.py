@@ -1,4 +1,5 @@
-"""fmnist.sweep.study: the study's bookkeeping (trials re-run after an interruption, workers, storages, what a study keeps)."""
+"""fmnist.sweep.study: the study's bookkeeping (trials re-run after an interruption, workers, storages,
+what a study keeps)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from helpers.sweeps import optuna_trial as trial
 from fmnist.core.errors import ParamError
 from fmnist.sweep.study import FAILURE, RERUN_OF, StudyLock, Worker, open_storage, open_study, plan_trials
+from helpers.sweeps import optuna_trial as trial
 
 
 def test_interrupted_trials_are_rerun_once_and_do_not_count():
@@ -39,10 +40,11 @@ def test_a_study_keeps_its_space_and_fixed_params(tmp_path):
     storage = open_storage(url)
     lock = StudyLock(storage, url, "s")
     shared = {"baseline": "abc", "space": {"train.lr": {"low": 0.1, "high": 1.0}}, "fixed": {}}
-    study, kept = open_study(storage, "s", None, None, lock, shared)
+    _study, kept = open_study(storage, "s", None, None, lock, shared)
     assert kept == shared and open_study(storage, "s", None, None, lock, shared)[1] == shared
     other = {**shared, "space": {"train.lr": {"low": 0.1, "high": 2.0}}}
-    with pytest.raises(ParamError, match=r"--study s began with another search space \(--space: its space, sampler or pruner\) "
+    with pytest.raises(ParamError, match=r"--study s began with another search space "
+                                         r"\(--space: its space, sampler or pruner\) "
                                          r"\(train\.lr\.high: 1\.0 then, 2\.0 now\)"):
         open_study(storage, "s", None, None, lock, other)
     with pytest.raises(ParamError, match=r"began with other -S params \(train\.epochs: None then, 1 now\)"):

@@ -10,13 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.data import synthetic, tiny, train_params
+from fmnist.core.errors import TrainingDiverged
 from fmnist.model.classifier import Classifier, score
 from fmnist.model.device import pick_device, pick_dtype, to_device_layout
-from fmnist.training.distributed import steps_per_epoch
-from fmnist.core.errors import TrainingDiverged
 from fmnist.model.nets import build_model
+from fmnist.training.distributed import steps_per_epoch
 from fmnist.training.loop import TrainState, build, lr_factor, seed_everything, train_epoch
+from helpers.data import synthetic, tiny, train_params
 
 CPU = torch.device("cpu")
 

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from helpers import ROOT
-
-from helpers.data import synthetic
+from fmnist.model.classifier import normalize
 from fmnist.params import Train
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
-from fmnist.model.classifier import normalize
 from fmnist.training.distributed import steps_per_epoch
 from fmnist.training.loop import HISTORY_KEYS, build, fit, train_epoch
+from helpers import ROOT
+from helpers.data import synthetic
 
 CPU = torch.device("cpu")
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
