@@ -67,9 +67,7 @@ class Train(Section):
     momentum: Annotated[Number, Ge(0), Lt(1)]  # AdamW's beta1 must be < 1
     weight_decay: Annotated[Number, Ge(0), Le(1)]
     label_smoothing: Annotated[Number, Ge(0), Le(1)]
-    augment: bool                              # flip a random half of each batch left to right
-    shift: Annotated[int, Ge(0), Le(8)]        # pixels each image may move in each direction
-    erase: Annotated[Number, Ge(0), Le(1)]     # probability of blanking a random patch
+    augment: Augment
     ema: Annotated[Number, Ge(0), Le(0.9999)]  # 0: off
     seed: Seed
     device: Literal["auto", "cpu", "cuda", "mps"]

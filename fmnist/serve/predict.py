@@ -106,6 +106,19 @@ def environment_line(environment: dict | None) -> str:
     return ", ".join(words) or "unknown"
 
 
+def flat_params(params: dict, prefix: str = "") -> list[str]:
+    """A card's params as key=value words, a group's keys dotted (augment.flip=True). A
+    file from elsewhere may hold anything: one level of groups is followed, values are cut short."""
+    words = []
+    for key, value in params.items():
+        if isinstance(value, dict) and not prefix:
+            words += flat_params(value, f"{key}.")
+        else:
+            text = value if isinstance(value, (bool, int, float, str)) else repr(value)
+            words.append(f"{prefix}{key}={' '.join(str(text).split())[:60]}")
+    return words
+
+
 def print_card(info: dict) -> None:
     params = info["params"] or {}
     epochs = f" of {params['epochs']}" if "epochs" in params else ""
@@ -117,7 +130,7 @@ def print_card(info: dict) -> None:
         ("best epoch", f"{info['best_epoch'] or 'unknown'}{epochs}"),
         ("val accuracy", val_acc),
         ("data sha256", f"{info['data_sha256'] or 'unknown'} (the training images and labels)"),
-        ("params", " ".join(f"{k}={v}" for k, v in params.items()) or "unknown"),
+        ("params", " ".join(flat_params(params)) or "unknown"),
         ("environment", environment_line(info["environment"])),
         ("commit", f"{info['commit'] or '-'} ({info['commit_means']})"),
     ]

@@ -11,7 +11,7 @@ list of choices each, and how the sampler and the pruner behave:
 
     space:
       train.lr: {low: 0.02, high: 0.8, log: true}   # floats; log: drawn evenly on a log scale
-      train.shift: {low: 0, high: 2}                # an integer param gets integers
+      train.augment.shift: {low: 0, high: 2}                # an integer param gets integers
       train.batch_size: {choices: [128, 256, 512]}  # one of these
     sampler: {seed: 0, startup_trials: 6}
     pruner: {percentile: 25, startup_trials: 4, min_epochs: 1}

@@ -188,7 +188,7 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
     for b in bar:
         idx = order[b * batch_size:(b + 1) * batch_size]
         x, y = normalize(images[idx].unsqueeze(1)), labels[idx]
-        x = augment_batch(x, aug_gen, flip=p.augment, shift=p.shift, erase=p.erase)
+        x = augment_batch(x, aug_gen, p.augment)
         x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, state.dtype):

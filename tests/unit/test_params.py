@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fmnist.core.errors import ParamError
-from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems
+from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems, with_value
 from fmnist.splits import split_train_val
 from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.training.loop import build, fit
@@ -57,9 +57,7 @@ def test_the_committed_params_are_valid():
     ("train", "device", "tpu", "train.device: got 'tpu', expected one of auto, cpu, cuda, mps"),
     ("train", "optimizer", "adam", "train.optimizer: got 'adam', expected one of sgd, adamw"),
     ("data", "val_size", 60000, "data.val_size: got 60000, expected an integer from 1 to 59999"),
-    ("train", "augment", "yes", "train.augment: got 'yes', expected true or false"),
-    ("train", "shift", 9, "train.shift: got 9, expected an integer from 0 to 8"),
-    ("train", "erase", 1.5, "train.erase: got 1.5, expected a finite number >= 0 and <= 1"),
+    ("train", "augment", "yes", "train.augment: got 'yes', expected a mapping of flip, shift, erase"),
     ("train", "ema", 1, "train.ema: got 1, expected a finite number >= 0 and <= 0.9999"),
     ("train", "momentum", 1.0, "train.momentum: got 1.0, expected a finite number >= 0 and < 1"),
     ("train", "seed", 2**32, "train.seed: got 4294967296, expected an integer from 0 to 4294967295"),
@@ -252,3 +250,20 @@ def test_every_size_the_params_allow_trains(group, sizes, rank, model, optimizer
     if world.main:
         assert len(progress.history) == epochs and progress.best["state_dict"] is not None
     event(f"trained: {'one step' if total == 1 else 'several steps'}, {nproc} process(es)")
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("train.augment.flip", "yes", "train.augment.flip: got 'yes', expected true or false"),
+    ("train.augment.shift", 9, "train.augment.shift: got 9, expected an integer from 0 to 8"),
+    ("train.augment.erase", 1.5, "train.augment.erase: got 1.5, expected a finite number >= 0 and <= 1"),
+])
+def test_augmentation_settings_are_named_by_their_dotted_key(name, value, expected):
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert check_params(with_value(committed, name, value)) == [expected]
+
+
+def test_an_unknown_augmentation_suggests_the_closest_known_one():
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    committed["train"]["augment"]["shfit"] = 1
+    assert check_params(committed) == [("train.augment.shfit: unknown key (did you mean 'shift'?); "
+                                        "known keys: flip, shift, erase")]

@@ -9,6 +9,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from fmnist.core.errors import ParamError
+from fmnist.params import value_of
 from fmnist.sweep.search_space import inside, load_space, override_value, overrides, parse_fixed, parse_space
 from helpers import ROOT
 
@@ -33,16 +34,16 @@ def test_the_committed_space_is_valid_and_holds_the_defaults():
     assert config.distributions["train.lr"].log and config.distributions["train.weight_decay"].log
     # The first trial runs params.yaml's own values, so the table shows whether the search beat them.
     for name, d in config.distributions.items():
-        section, key = name.split(".")
-        assert inside(d, BASE[section][key]), name
+        assert inside(d, value_of(BASE, name)), name
 
 
 def test_ranges_become_optuna_distributions_of_the_params_type():
-    config = space("space:\n  train.lr: {low: 0.01, high: 1, log: true}\n  train.shift: {low: 0, high: 2}\n"
-                   "  train.model: {choices: [cnn3, lenet]}\n  train.erase: {low: 0, high: 0.5, step: 0.1}\n")
+    config = space("space:\n  train.lr: {low: 0.01, high: 1, log: true}\n  train.augment.shift: {low: 0, high: 2}\n"
+                   "  train.model: {choices: [cnn3, lenet]}\n  train.augment.erase: {low: 0, high: 0.5, step: 0.1}\n")
     assert config.distributions == {
-        "train.lr": FloatDistribution(0.01, 1.0, log=True), "train.shift": IntDistribution(0, 2),
-        "train.model": CategoricalDistribution(["cnn3", "lenet"]), "train.erase": FloatDistribution(0, 0.5, step=0.1)}
+        "train.lr": FloatDistribution(0.01, 1.0, log=True), "train.augment.shift": IntDistribution(0, 2),
+        "train.model": CategoricalDistribution(["cnn3", "lenet"]),
+        "train.augment.erase": FloatDistribution(0, 0.5, step=0.1)}
     assert config.prune_percentile == 25 and config.prune_min_epochs == 1  # the defaults
 
 
@@ -59,7 +60,8 @@ def test_ranges_become_optuna_distributions_of_the_params_type():
     ("space:\n  train.lr: {low: 1, high: 0.1}\n", "space.train.lr: low 1 must be below high 0.1"),
     ("space:\n  train.lr: {low: 0.5, high: 0.5}\n", "use -S train.lr=VALUE"),
     ("space:\n  train.label_smoothing: {low: 0, high: 0.2, log: true}\n", "a log scale needs low above 0, got 0"),
-    ("space:\n  train.shift: {low: 0.5, high: 2}\n", "space.train.shift.low: got 0.5, but the param takes integers"),
+    ("space:\n  train.augment.shift: {low: 0.5, high: 2}\n",
+     "space.train.augment.shift.low: got 0.5, but the param takes integers"),
     ("space:\n  train.model: {low: 1, high: 2}\n",
      "train.model takes the name of a net registered in fmnist/model/nets.py: give choices"),
     ("space:\n  train.model: {choices: [cnn3]}\n", "expected a list of at least two values"),

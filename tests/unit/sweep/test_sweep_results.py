@@ -33,9 +33,9 @@ def test_the_summary_ranks_by_validation_accuracy_and_points_at_failures():
 def test_pictures_of_a_study(tmp_path):
     study = optuna.create_study(direction="maximize")
     for i, value in enumerate([0.7, 0.8, 0.75, 0.9]):
-        study.add_trial(create_trial(value=value, params={"train.lr": 0.1 * (i + 1), "train.shift": i % 2},
+        study.add_trial(create_trial(value=value, params={"train.lr": 0.1 * (i + 1), "train.augment.shift": i % 2},
                                      distributions={"train.lr": FloatDistribution(0.01, 1),
-                                                    "train.shift": IntDistribution(0, 2)}))
+                                                    "train.augment.shift": IntDistribution(0, 2)}))
     written, skipped = pictures(study, tmp_path)
     assert skipped == [] and [p.name for p in written] == ["optimization_history.png", "param_importances.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

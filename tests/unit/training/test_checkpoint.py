@@ -97,7 +97,7 @@ def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
     """With flips, shifts and erasing, with and without the moving average: the checkpoint
     fit() hands the train stage after epoch 2 of 3 ends with the same best weights."""
     p = Train.model_validate({**TRAIN, "epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu", "ema": ema,
-                              "shift": 1, "erase": 0.3})
+                              "augment": {"flip": True, "shift": 1, "erase": 0.3}})
     train, val = tiny(160), tiny(40, seed=3)
     saved = {}
 

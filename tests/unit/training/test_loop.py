@@ -23,8 +23,9 @@ CPU = torch.device("cpu")
 
 def loop_params(**overrides):
     """The train params of a tiny CPU run: flips on, label smoothing."""
-    return train_params(**{"epochs": 2, "batch_size": 32, "seed": 0, "augment": True, "shift": 0, "erase": 0.0,
-                           "label_smoothing": 0.1, **overrides})
+    augment = {"flip": True, "shift": 0, "erase": 0.0}
+    return train_params(**{"epochs": 2, "batch_size": 32, "seed": 0, "augment": augment, "label_smoothing": 0.1,
+                           **overrides})
 
 
 def plain_sgd(net: torch.nn.Module, lr: float, device: torch.device = CPU, dtype=None) -> TrainState:
