@@ -313,8 +313,7 @@ def _open_stdin(hint: str) -> BinaryIO:
     except OSError:
         raise DataError(f"{STDIN}: standard input is closed{_with(hint)}") from None
     if stat.S_ISCHR(mode) and os.isatty(0):
-        raise DataError(f"{STDIN}: standard input is a terminal, not a file; pipe one in "
-                        f"(`cat FILE | ... -`){_with(hint)}")
+        raise DataError(f"{STDIN}: standard input is a terminal, not a file; redirect or pipe one in{_with(hint)}")
     if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
         raise DataError(f"{STDIN}: standard input is {_kind('/dev/stdin', mode)}, not a file{_with(hint)}")
     return io.FileIO(os.dup(0), "rb", closefd=True)
