@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -306,17 +307,18 @@ class _Prefixed(io.RawIOBase):
 
 
 def _open_stdin(hint: str) -> BinaryIO:
-    """Standard input (`-`) as a stream of its own (closing it leaves fd 0 open): a pipe, a
-    socket or a file redirected in; a terminal or a device is refused."""
+    """Standard input (`-`) as a stream of its own (closing it leaves standard input open): a
+    pipe, a socket or a file redirected in; a terminal or a device is refused."""
     try:
-        mode = os.fstat(0).st_mode
-    except OSError:
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):  # None, closed, or no descriptor at all
         raise DataError(f"{STDIN}: standard input is closed{_with(hint)}") from None
-    if stat.S_ISCHR(mode) and os.isatty(0):
+    if stat.S_ISCHR(mode) and os.isatty(fd):
         raise DataError(f"{STDIN}: standard input is a terminal, not a file; redirect or pipe one in{_with(hint)}")
     if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-        raise DataError(f"{STDIN}: standard input is {_kind('/dev/stdin', mode)}, not a file{_with(hint)}")
-    return io.FileIO(os.dup(0), "rb", closefd=True)
+        raise DataError(f"{STDIN}: standard input is {_kind(f'/dev/fd/{fd}', mode)}, not a file{_with(hint)}")
+    return io.FileIO(os.dup(fd), "rb", closefd=True)
 
 
 def open_input(path: str | Path, hint: str) -> BinaryIO:
