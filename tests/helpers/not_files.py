@@ -16,8 +16,8 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # Each kind of thing that is not a file, and what the one line refusing it says it is.
 NOT_FILES = {

@@ -363,9 +363,9 @@ ENDLESS = {
 def test_a_pipe_fed_forever_as_a_raw_file_costs_one_line(feed, tmp_path):
     first, then, message = ENDLESS[feed]
     assert max_file_bytes("labels") == 135_614
-    with fed_pipe(tmp_path / "train-labels-idx1-ubyte", first, then) as fifo:  # its writer stops with the reader
-        with pytest.raises(DataError, match=f"^{fifo}: {message}"):
-            read_idx_file(fifo, "labels", "hint")
+    fifo = tmp_path / "train-labels-idx1-ubyte"
+    with fed_pipe(fifo, first, then), pytest.raises(DataError, match=f"^{fifo}: {message}"):  # the writer stops too
+        read_idx_file(fifo, "labels", "hint")
 
 
 class _Endless(http.server.BaseHTTPRequestHandler):

@@ -9,7 +9,6 @@ import re
 import shutil
 
 import pytest
-
 from helpers import ROOT
 from helpers.tools import need, need_module, need_tool
 
