@@ -5,6 +5,7 @@
     fmnist-predict --rev fashion-classifier@v1.0.0 shirt.jpg   # a registered version, through DVC
     fmnist-predict --rev main~3 shirt.jpg             # the model of any commit, branch or tag
     fmnist-predict --info [--rev REV]                 # the model's card
+    curl -s https://example.com/shirt.jpg | fmnist-predict -    # one picture from standard input
 
 PNG, JPEG, WebP, GIF, BMP or TIFF up to 537 megapixels, grey or colour; a garment
 photographed dark on a light ground is negated, as the data set's images are light on
@@ -13,7 +14,10 @@ another file with --model, or the one of a git revision or registered version wi
 through DVC from the cache or the default remote. Each picture's probabilities are
 averaged with its mirror image's, as the evaluate stage does with evaluate.tta: true
 (--no-tta: the picture alone). A picture that can't be read costs one line on stderr;
-the others are still classified, and the exit code is 1.
+the others are still classified, and the exit code is 1. `-` is standard input, read
+whole (up to MAX_FILE_BYTES) as one picture, and so are /dev/stdin and the shell's
+`<(...)`; what is not a picture file (a folder, a device, a named pipe with no writer)
+is refused at once, unread (fmnist.core.io.check_input), so nothing waits on it.
 
 Any number of pictures, in batches of BATCH: a batch is decoded one picture at a time
 (each kept as its 28x28 pixels only), classified and printed before the next is read, so
@@ -58,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="average with the mirror image's prediction, as the evaluate stage (default: on)")
     parser.add_argument("--info", action="store_true", help="print the model's card and exit")
-    parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help=f"{FORMAT_NAMES} pictures")
+    parser.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                        help=f"{FORMAT_NAMES} pictures; - reads one from standard input")
     args = parser.parse_args(argv)
     if not args.info and not args.files:
         parser.error("name at least one picture (or --info for the model's card)")

@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fmnist.core.errors import ParamError, did_you_mean, shown
+from fmnist.core.errors import DataError, ParamError, did_you_mean, shown
+from fmnist.core.io import read_text_bounded
 from fmnist.model.nets import check_name
 from fmnist.params import allowed, kind_of, leaves, with_value
 from fmnist.params import check_params as check_values
@@ -293,19 +294,14 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
 
 
 def load_space(path: Path, base: dict, fixed: dict[str, Any]) -> SweepConfig:
+    """The checked SweepConfig of the space file `path` (sweep.yaml, or --space FILE; `-` is
+    standard input). ParamError, in one line naming it, for what is not a short UTF-8 file:
+    missing, a folder, a device, a named pipe with no writer, larger than MAX_BYTES."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise ParamError(f"{path}: file not found; name the search space with --space FILE") from None
-    except OSError as exc:
-        raise ParamError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_BYTES:
-        raise ParamError(f"{path}: larger than {MAX_BYTES} bytes; a search space is a few lines")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParamError(f"{path}: not UTF-8 text") from None
+        text = read_text_bounded(path, MAX_BYTES, "a search space (a few lines)",
+                                 "name the search space with --space FILE")
+    except DataError as exc:
+        raise ParamError(str(exc)) from None
     return parse_space(text, str(path), base, fixed)
 
 

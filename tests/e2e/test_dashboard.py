@@ -14,9 +14,7 @@ Skipped without chromium or optuna-dashboard, except in CI (CI=true), where it f
 from __future__ import annotations
 
 import html
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import pytest
 import yaml
 
 from helpers import ROOT
+from helpers.tools import CHROMIUM_HINT, PIP_HINT, need, need_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -40,21 +39,10 @@ VALUES = [0.8924, 0.8706, 0.9031, 0.8857]
 PRUNED_AT = 0.8012
 
 
-def need(found: bool, what: str) -> None:
-    """Skip without `what`, but fail in CI, where a skipped check would pass unseen."""
-    if found:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"needs {what}, missing in CI")
-    pytest.skip(f"needs {what}")
-
-
 @pytest.fixture
 def chromium() -> str:
     """Debian's package, or the Chrome that GitHub's Ubuntu runners come with."""
-    executable = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    need(executable is not None, "chromium (apt-get install chromium; .ci/run does)")
-    return executable
+    return need_tool("chromium", CHROMIUM_HINT, "chromium-browser", "google-chrome")
 
 
 def free_port() -> int:
@@ -115,7 +103,7 @@ def make_sweep_study(path: Path) -> str:
 def dashboard(tmp_path):
     """optuna-dashboard on 127.0.0.1 (a free port) over a sweep's study: (base URL, study id, its log)."""
     executable = Path(sys.executable).parent / "optuna-dashboard"
-    need(executable.is_file(), f"optuna-dashboard beside {sys.executable} (the test extra: make test installs it)")
+    need(executable.is_file(), f"optuna-dashboard beside {sys.executable}", PIP_HINT)
     import optuna
 
     url = make_sweep_study(tmp_path / "optuna.db")

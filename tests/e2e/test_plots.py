@@ -7,7 +7,8 @@ DevTools protocol on a pipe (no port, no extra package). Every chart must have d
 marks as SVG, every picture must have loaded, and nothing may have asked the network
 for anything or logged an error.
 
-Skipped without chromium or the npm packages, except in CI (CI=true), where it fails.
+Without chromium or the npm packages: skipped, except under CI (CI=true), where it fails
+(tests/helpers/tools.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 from helpers import ROOT
 from helpers.data import TINY_PARAMS, write_raw
 from helpers.repos import make_repo
+from helpers.tools import CHROMIUM_HINT, NPM_HINT, need, need_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -57,15 +59,6 @@ INSPECT = """(() => ({ready: document.readyState, divs: [...document.querySelect
             rect: marks("rect"), text: marks("text"), axisTitles,
             images: [...div.querySelectorAll("img")].map(img => img.complete ? img.naturalWidth : -1)};
 })}))()"""
-
-
-def need(found: bool, what: str) -> None:
-    """Skip without `what`, but fail in CI, where a skipped check would pass unseen."""
-    if found:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing in CI (.ci/run installs it)")
-    pytest.skip(f"needs {what}")
 
 
 class Chromium:
@@ -151,7 +144,7 @@ class Chromium:
 def plots_page(tmp_path_factory) -> Path:
     """`dvc plots show`'s page of a pipeline reproduced on tiny data, with the offline template."""
     need(all((NODE_MODULES / name / "package.json").is_file() for name in ("vega", "vega-lite", "vega-embed")),
-         f"vega, vega-lite and vega-embed from npm in {NODE_MODULES} (make test installs them where npm is)")
+         f"vega, vega-lite and vega-embed from npm in {NODE_MODULES}", NPM_HINT)
     root = tmp_path_factory.mktemp("plots")
     # A learning rate too small to learn much in two epochs: mistakes for the confusion matrix to colour.
     params = {**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 0.001}}
@@ -174,8 +167,7 @@ def test_the_plots_page_holds_no_address_to_fetch(plots_page):
 
 def test_every_chart_draws_offline_in_chromium(plots_page, tmp_path):
     # Debian's package, or the Chrome that GitHub's Ubuntu runners come with.
-    executable = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    need(executable is not None, "chromium (apt-get install chromium)")
+    executable = need_tool("chromium", CHROMIUM_HINT, "chromium-browser", "google-chrome")
     browser = Chromium(executable, tmp_path / "profile")
     try:
         browser.open(plots_page.as_uri())

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from fmnist.sweep.study import storage_url
 from helpers.data import write_raw
 from helpers.repos import make_repo
+from helpers.tools import POSTGRES_HINT, missing
 
 SWEEP = str(Path(sys.executable).parent / "fmnist-sweep")
 # A small net that learns the synthetic images in an epoch or two.
@@ -255,10 +256,8 @@ def free_port() -> int:
 
 
 def no_server(reason: str):
-    # CI installs PostgreSQL (.ci/run): there, a missing server is a failure, never a skip.
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run this test: .ci/run installs PostgreSQL)")
-    pytest.skip(reason)
+    # CI installs PostgreSQL (.ci/run, test.yml): there, a missing server is a failure, never a skip.
+    missing(f"a PostgreSQL server ({reason})", POSTGRES_HINT)
 
 
 @pytest.fixture
@@ -266,7 +265,7 @@ def postgres():
     """A PostgreSQL server of its own on 127.0.0.1, from a temporary data folder; its URL."""
     initdb = shutil.which("initdb") or next(iter(sorted(glob("/usr/lib/postgresql/*/bin/initdb"))[-1:]), None)
     if initdb is None:
-        no_server("no PostgreSQL server here (initdb not found): `apt-get install postgresql` to run this test")
+        no_server("initdb not found")
     bindir = Path(initdb).parent
     as_user = []
     folder = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # in /tmp: the server's user must reach it

@@ -10,21 +10,17 @@ Skipped without ruff (it is in the test extra's lock), except in CI (CI=true), w
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 
 import pytest
 
 from helpers import ROOT
+from helpers.tools import PIP_HINT, need_module
 
 
 def test_ruff_check_finds_nothing():
-    if importlib.util.find_spec("ruff") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("ruff is missing in CI (the test extra's lock pins it)")
-        pytest.skip("needs ruff: pip install -r requirements/test.txt (make test does)")
+    need_module("ruff", PIP_HINT)
     # --no-cache: nothing written into the checkout by the test run.
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -77,7 +77,7 @@ def test_a_missing_split_or_a_folder_in_its_place(tmp_path):
     with pytest.raises(DataError, match=r"train.pt: missing; run the prepare stage first \(dvc repro\)"):
         load_split(tmp_path / "train.pt")
     (tmp_path / "train.pt").mkdir()
-    with pytest.raises(DataError, match=r"train.pt: cannot be read \(Is a directory\)"):
+    with pytest.raises(DataError, match=r"train.pt: a folder, not a file; re-create it"):
         load_split(tmp_path / "train.pt")
 
 

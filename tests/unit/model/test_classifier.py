@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,3 +27,28 @@ def test_scoring_in_batches_gives_what_the_classifier_gives_at_once(model_file, 
     with torch.no_grad():
         probs = Classifier(net, mirror=mirror)(images.unsqueeze(1))
     assert torch.allclose(probs, scored.probs, atol=1e-6)
+
+
+def test_mirror_averaging_flips_left_to_right_as_an_independent_computation_says():
+    """What `mirror` means, computed here without Classifier: the published normalisation,
+    the net, softmax, and the picture reversed along its columns with numpy. An upside-down
+    flip gives other numbers (checked too, so that this test can tell the two apart)."""
+    torch.manual_seed(0)
+    net = build_model("cnn").eval()  # random weights: no symmetry of their own
+    pixels = synthetic(8, 3)[0]
+    pixels[:, :4, :10] = 255  # a block in the top left corner: left-right and upside-down flips differ
+
+    def plain(batch: np.ndarray) -> torch.Tensor:
+        x = (torch.from_numpy(np.ascontiguousarray(batch)).float() / 255 - 0.2860) / 0.3530
+        return net(x.unsqueeze(1)).float().softmax(1)
+
+    with torch.no_grad():
+        got = Classifier(net, mirror=True)(torch.from_numpy(pixels).unsqueeze(1))
+        left_right = (plain(pixels) + plain(pixels[:, :, ::-1])) / 2
+        upside_down = (plain(pixels) + plain(pixels[:, ::-1, :])) / 2
+        of_the_mirror_image = Classifier(net, mirror=True)(torch.from_numpy(pixels[:, :, ::-1].copy()).unsqueeze(1))
+        alone = Classifier(net, mirror=False)(torch.from_numpy(pixels).unsqueeze(1))
+    assert torch.allclose(got, left_right, atol=1e-6)
+    assert (got - upside_down).abs().max() > 1e-3 and (got - alone).abs().max() > 1e-3
+    assert torch.allclose(alone, plain(pixels), atol=1e-6)
+    assert torch.allclose(got, of_the_mirror_image, atol=1e-6)  # a picture and its mirror image: the same answer

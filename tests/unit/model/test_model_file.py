@@ -15,10 +15,11 @@ from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
 from fmnist.model.classifier import Classifier, score
-from fmnist.model.model_file import load_model
+from fmnist.model.model_file import load_model, read_model_bytes
 from fmnist.model.nets import build_model
 from helpers.damage import one_line, put_junk
 from helpers.data import synthetic
+from helpers.not_files import NOT_FILES, make_not_file
 
 CPU = torch.device("cpu")
 
@@ -106,3 +107,15 @@ def test_any_value_anywhere_in_a_model_file_is_refused_or_scores(data):
         x, y = (torch.from_numpy(a) for a in synthetic(8, seed=1))
         result = score(Classifier(net, mirror=True), x, y.long(), device=CPU, batch_size=4)
         assert result.probs.shape == (8, 10) and bool(torch.isfinite(result.probs).all())
+
+
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_a_model_path_that_is_not_a_file_is_refused_at_once_saying_what_it_is(kind, tmp_path, no_hang):
+    """models/model.pt, or what --model names: a named pipe with no writer, a device, a folder..."""
+    path = make_not_file(tmp_path / "model.pt", kind)
+    with pytest.raises(DataError) as err:
+        read_model_bytes(path, "the hint")
+    assert str(err.value) == f"{path}: {NOT_FILES[kind]}, not a file; the hint"
+    with pytest.raises(DataError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: {NOT_FILES[kind]}, not a file; ")

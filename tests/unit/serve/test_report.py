@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -29,6 +28,7 @@ from fmnist.serve.report import (
     render_markdown,
 )
 from helpers import ROOT
+from helpers.tools import NODE_HINT, NPM_HINT, need, need_tool
 
 PALETTE = [colour for *_, colour in CHART_LINES]
 
@@ -120,9 +120,9 @@ NODE_MODULES = ROOT / ".venv" / "node" / "node_modules"
 
 
 def test_the_reports_charts_render_as_github_draws_them(tmp_path):
-    node = shutil.which("node")
-    if node is None or not all((NODE_MODULES / name).is_dir() for name in ("mermaid", "jsdom")):
-        pytest.skip("needs node with mermaid and jsdom from npm (make test installs them where npm is present)")
+    node = need_tool("node", NODE_HINT)
+    need(all((NODE_MODULES / name).is_dir() for name in ("mermaid", "jsdom")),
+         f"mermaid and jsdom from npm in {NODE_MODULES}", NPM_HINT)
     per_class = pd.DataFrame({"class": list(CLASSES), "f1": 0.9})
     base, head = matrix({(c, c): 10 for c in CLASSES}), matrix({(c, c): 9 for c in CLASSES})
     report = render_markdown(

@@ -12,6 +12,7 @@ from fmnist.core.errors import ParamError
 from fmnist.params import value_of
 from fmnist.sweep.search_space import inside, load_space, override_value, overrides, parse_fixed, parse_space
 from helpers import ROOT
+from helpers.not_files import NOT_FILES, make_not_file
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -138,3 +139,22 @@ def test_inside_tells_whether_a_value_can_be_drawn():
     assert inside(IntDistribution(0, 2), 1) and not inside(IntDistribution(0, 2), 1.0)
     assert inside(CategoricalDistribution([128, 256]), 256) and not inside(CategoricalDistribution([128, 256]), 512)
     assert not inside(CategoricalDistribution([0, 1]), False)  # a bool is not the int 0 here
+
+
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_a_space_file_that_is_not_a_file_is_refused_at_once_saying_what_it_is(kind, tmp_path, no_hang):
+    path = make_not_file(tmp_path / "sweep.yaml", kind)
+    with pytest.raises(ParamError) as err:
+        load_space(path, copy.deepcopy(BASE), {})
+    assert str(err.value) == f"{path}: {NOT_FILES[kind]}, not a file; name the search space with --space FILE"
+
+
+def test_a_space_file_too_long_or_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(b"space:\n  train.lr: {low: 0.1, high: 0.5}\n" + b"#" * 1_000_000)
+    with pytest.raises(ParamError, match=f"^{path}: 1,000,041 bytes \\(1.0 MB\\), larger than a search space "
+                                         r"\(a few lines\) can be \(the limit is 1,000,000 bytes \(1.0 MB\)\); name"):
+        load_space(path, copy.deepcopy(BASE), {})
+    path.write_bytes(b"space:\n  train.lr: {low: 0.1, high: 0.5}  # \xe9\n")
+    with pytest.raises(ParamError, match=f"^{path}: not UTF-8 text \\(byte 44 is 0xe9\\); name"):
+        load_space(path, copy.deepcopy(BASE), {})

@@ -10,7 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from fmnist.core.errors import ParamError
-from fmnist.sweep.study import FAILURE, RERUN_OF, StudyLock, Worker, open_storage, open_study, plan_trials
+from fmnist.sweep.study import FAILURE, RERUN_OF, StudyLock, Worker, lock_file, open_storage, open_study, plan_trials
+from helpers.not_files import NOT_FILES, make_not_file
 from helpers.sweeps import optuna_trial as trial
 
 
@@ -59,3 +60,15 @@ def test_storages_that_cant_be_used_are_one_line(url, expected):
     with pytest.raises(ParamError) as err:
         open_storage(url)
     assert str(err.value).startswith(expected) and "\n" not in str(err.value) and "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", NOT_FILES)
+@pytest.mark.parametrize("which", ["database", "its lock file"])
+def test_a_sqlite_storage_that_is_not_a_file_is_refused_at_once_saying_what_it_is(kind, which, tmp_path, no_hang):
+    """SQLite (or the lock file's open) would wait on a named pipe: whatever is there must be a file, or nothing."""
+    database = tmp_path / "optuna.db"
+    path = make_not_file(lock_file(database) if which == "its lock file" else database, kind)
+    found = "a named pipe (FIFO)" if kind == "fifo" else NOT_FILES[kind]  # a pipe is refused unopened, writer or not
+    with pytest.raises(ParamError) as err:
+        open_storage(f"sqlite:///{database}")
+    assert str(err.value) == f"{path}: {found}, not a file; --storage sqlite:///PATH names a SQLite database file"
