@@ -23,7 +23,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from fmnist.core.dataset import OFFICIAL_COUNTS
-from fmnist.core.errors import DataError, ParamError, did_you_mean, one_line, reason, shown
+from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, one_line, reason, shown
 from fmnist.core.io import read_bytes
 
 PARAMS_FILE = "params.yaml"
@@ -174,7 +174,7 @@ def _field(model: type[Section], path: tuple) -> tuple[type[Section] | None, Any
 def _message(error: dict, given: Any) -> str:
     """One line for one of pydantic's errors, naming the dotted key; `given`: the mapping checked."""
     path = tuple(str(p) for p in error["loc"])
-    where = ".".join(" ".join(p.split())[:40] for p in path)
+    where = ".".join(flat(p, 40) for p in path)
     model, field = _field(Params, path) if path else (Params, None)
     if not path:
         sections = ", ".join(Params.model_fields)

@@ -43,6 +43,12 @@ class PeersLost(PipelineError, RuntimeError):
     """A process of a distributed run lost the others (one of them failed or was killed)."""
 
 
+def flat(text: object, limit: int) -> str:
+    """`text` on one line (every run of white space one blank), cut to `limit` characters:
+    what an outside message (an exception's, a tool's stderr) may be in one of ours."""
+    return " ".join(str(text).split())[:limit]
+
+
 def shown(value: object, limit: int = 80) -> str:
     """repr(value) on one line and at most `limit` characters, for a message: a tensor or
     a long list found in a damaged file must not break the one-line rule."""
@@ -98,7 +104,7 @@ def run(main: Callable[[], object]) -> None:
     except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("FMNIST_DEBUG"):
             raise
-        _fail(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+        _fail(f"error: unexpected {type(exc).__name__}: {flat(exc, 300)} "
               f"(this is a bug; FMNIST_DEBUG=1 shows the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from fmnist.core.errors import DataError, run
+from fmnist.core.errors import DataError, flat, run
 from fmnist.core.io import md5_hex, open_bounded
 from fmnist.model.classifier import Classifier, probabilities, top_k
 from fmnist.model.model_file import MODEL_HINT, card, model_from_bytes, read_model_bytes
@@ -120,7 +120,7 @@ def flat_params(params: dict, prefix: str = "") -> list[str]:
             words += flat_params(value, f"{key}.")
         else:
             text = value if isinstance(value, (bool, int, float, str)) else repr(value)
-            words.append(f"{prefix}{key}={' '.join(str(text).split())[:60]}")
+            words.append(f"{prefix}{key}={flat(text, 60)}")
     return words
 
 

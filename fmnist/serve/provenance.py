@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from fmnist.core.errors import DataError, PipelineError
+from fmnist.core.errors import DataError, PipelineError, flat
 from fmnist.core.io import md5_hex, read_bytes, read_stream
 from fmnist.model.model_file import MAX_MODEL_BYTES, MODEL_WHAT
 
@@ -32,7 +32,7 @@ def pipeline_paths(root: Path = Path("."), *names: str) -> dict[str, str]:
         found = {k: v for item in doc.get("vars", []) if isinstance(item, dict) for k, v in item.items()}
         missing = [name for name in names if not isinstance(found.get(name), str)]
     except (yaml.YAMLError, AttributeError, TypeError) as exc:
-        raise PipelineError(f"{where}: not a pipeline's dvc.yaml ({' '.join(str(exc).split())[:160]})") from None
+        raise PipelineError(f"{where}: not a pipeline's dvc.yaml ({flat(exc, 160)})") from None
     if missing:
         raise PipelineError(f"{where}: expected vars {', '.join(names)}; {', '.join(missing)} missing")
     return found
@@ -105,7 +105,7 @@ def first_commit_recording(data: bytes, folder: Path) -> str | None:
 
 
 def _dvc_error(what: str, exc: Exception, hint: str) -> DataError:
-    return DataError(f"{what}: {' '.join(str(exc).split())[:300] or type(exc).__name__}; {hint}")
+    return DataError(f"{what}: {flat(exc, 300) or type(exc).__name__}; {hint}")
 
 
 def read_model_bytes_at(rev: str, path: str | None = None) -> tuple[bytes, dict]:

@@ -30,7 +30,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from fmnist.core.errors import DataError, ParamError, PipelineError, Terminated, run
+from fmnist.core.errors import DataError, ParamError, PipelineError, Terminated, flat, run
 from fmnist.core.io import write_text
 from fmnist.params import value_of
 from fmnist.serve.provenance import git, git_commit
@@ -128,7 +128,7 @@ def params_at(root: Path, commit: str) -> dict:
     try:
         params = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParamError(f"params.yaml at {commit[:12]}: not valid YAML: {' '.join(str(exc).split())[:160]}") from None
+        raise ParamError(f"params.yaml at {commit[:12]}: not valid YAML: {flat(exc, 160)}") from None
     errors = check_params(params)
     if errors:
         raise ParamError(f"params.yaml at {commit[:12]}: {errors[0]}")
@@ -184,7 +184,7 @@ class TrialRun(threading.Thread):
                 self._run()
         except Exception as exc:  # noqa: BLE001 - storage or git trouble: this trial fails, the sweep goes on
             reason = f"{type(exc).__name__ if not isinstance(exc, PipelineError) else 'error'}: " \
-                     f"{' '.join(str(exc).split())[:300]}"
+                     f"{flat(exc, 300)}"
             self.sweep.say(f"trial {self.trial.number} ({self.sweep.experiment(self.trial.number)}): failed: {reason}")
             self.outcome = "failed"
             try:

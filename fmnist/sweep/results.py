@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from fmnist.core.errors import flat
 from fmnist.sweep.study import DEFAULTS, EXPERIMENT, FAILURE, INTERRUPTED, LOG, RERUN_OF, interrupted
 
 PICTURES = ("optimization_history.png", "param_importances.png")
@@ -143,7 +144,7 @@ def pictures(study: optuna.Study, folder: Path) -> tuple[list[Path], list[str]]:
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 ax = make()
         except (ValueError, RuntimeError) as exc:  # e.g. importances of params that never varied
-            skipped.append(f"{name}: {' '.join(str(exc).split())[:160]}")
+            skipped.append(f"{name}: {flat(exc, 160)}")
             continue
         if name == "optimization_history.png":
             from matplotlib.ticker import MaxNLocator

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fmnist.core.errors import DataError, ParamError, did_you_mean, shown
+from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, shown
 from fmnist.core.io import read_text_bounded
 from fmnist.model.nets import check_name
 from fmnist.params import allowed, kind_of, leaves, with_value
@@ -89,7 +89,7 @@ def describe(d: BaseDistribution) -> dict:
 
 def _name(key: Any) -> str:
     """A key of the file as a message shows it: on one line, at most 40 characters."""
-    return " ".join(str(key).split())[:40]
+    return flat(key, 40)
 
 
 def check_params(params: Any) -> list[str]:
@@ -259,7 +259,7 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
     try:
         doc = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError) as exc:
-        reason = " ".join(str(exc).split())[:160]
+        reason = flat(exc, 160)
         raise ParamError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(doc, dict) or "space" not in doc:
         raise ParamError(f"{path}: expected a mapping with a 'space' of params to search, got {shown(doc)}")

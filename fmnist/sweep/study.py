@@ -43,7 +43,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist.core.errors import DataError, ParamError
+from fmnist.core.errors import DataError, ParamError, flat
 from fmnist.core.io import check_input
 
 DEFAULT_STORAGE = ".dvc/tmp/sweep/optuna.db"  # under the repository's top folder: DVC's git-ignored tmp
@@ -82,7 +82,7 @@ def lock_file(database: Path) -> Path:
 def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
     text = str(orig).strip().splitlines()
-    return " ".join(text[0].split())[:200] if text else type(orig).__name__
+    return flat(text[0], 200) if text else type(orig).__name__
 
 
 def storage_url(url: str) -> str:
