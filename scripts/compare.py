@@ -3,7 +3,7 @@
     make compare BASE=main                     # or, in the activated .venv:
     python scripts/compare.py --base main      # from the repository's top folder
 
-The report holds the params diff, test accuracy, loss and macro F1 (base, head, delta;
+The report holds the params diff, test accuracy and loss (base, head, delta;
 the numbers of `dvc metrics diff BASE`), per-class F1, the training curves of both
 sides as Mermaid charts, the confusion-matrix cells that changed, and a one-line
 verdict. It is the pull request's comment as it stands (.github/workflows/pull-request.yml

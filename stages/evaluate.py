@@ -4,7 +4,7 @@
         metrics/per_class.csv metrics/confusion.csv metrics/misclassified.png
 
 Reads the params' `evaluate` section. Writes the headline test figures (accuracy, a
-fraction; loss; macro F1) to METRICS; per-class precision, recall, F1 and support to
+fraction; loss) to METRICS; per-class precision, recall, F1 and support to
 TABLE; one (actual, predicted) row per test image to CONFUSION for DVC's
 confusion-matrix plot; and a grid of the most confident mistakes to GRID.
 """
@@ -50,8 +50,8 @@ def main() -> None:
     save_csv(args.table, table)
     save_csv(args.confusion, confusion)
     write_bytes(args.grid, grid)
-    print(f"test accuracy {summary['test_acc']:.4f}, loss {summary['test_loss']:.4f}, "
-          f"macro F1 {summary['test_f1_macro']:.4f} (model from epoch {record.get('epoch', '?')})")
+    print(f"test accuracy {summary['test_acc']:.4f}, loss {summary['test_loss']:.4f} "
+          f"(model from epoch {record.get('epoch', '?')})")
 
 
 if __name__ == "__main__":

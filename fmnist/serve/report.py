@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from fmnist.core.dataset import CLASSES
 
 # The headline metrics of metrics/eval.json, in the order the report lists them.
-METRICS = {"test_acc": "test accuracy", "test_loss": "test loss", "test_f1_macro": "macro F1"}
+METRICS = {"test_acc": "test accuracy", "test_loss": "test loss"}
 # DVCLive's curves: metrics/train/plots/metrics/<split>/<name>.tsv, a column named <name>. Both
 # losses are plain cross-entropy (train/loss_smoothed.tsv, the optimised loss, is not drawn).
 CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")
