@@ -50,18 +50,20 @@ def main() -> None:
         parser.add_argument(name, type=Path)
     args = parser.parse_args()
     p = load_params().train
+    device = pick_device(p.device)
+    launching = p.nproc > 1 and "WORLD_SIZE" not in os.environ  # to run again as nproc processes, under torchrun
+    if launching:  # what this machine can't do is one line, before any work and before any process starts
+        check_nproc(p.nproc, device)
+        pick_dtype(p.precision, device)
     environment = describe(args.lock)  # read before training: a missing lock costs seconds, not a run
     train = load_split(args.prepared / "train.pt")
     val = load_nonempty_split(args.prepared / "val.pt", "validation")
     world_size = int(os.environ.get("WORLD_SIZE", p.nproc))
     # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
     check_sizes(len(train[1]) + len(val[1]), len(val[1]), p.batch_size, world_size, source=str(args.prepared))
-    if p.nproc > 1 and "WORLD_SIZE" not in os.environ:  # run again as nproc processes, under torchrun
-        device = pick_device(p.device)  # what can't work is reported once, before any process starts
-        check_nproc(p.nproc, device)
-        pick_dtype(p.precision, device)
+    if launching:
         return relaunch_under_torchrun(p.nproc, p.max_restarts)
-    world, device = init_distributed(pick_device(p.device))
+    world, device = init_distributed(device)
     dtype = pick_dtype(p.precision, device)
     if world.main:
         print(f"training on {placement(device, dtype, p.device)}"

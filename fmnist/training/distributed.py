@@ -172,11 +172,12 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, world: World) -> torc
     # DDP) would add 3+ ranks' gradients in another order, and differ in the last bits.
     # SyncBatchNorm (CUDA) updates every rank's running statistics alike from the global
     # batch: DDP's broadcast of rank 0's buffers before every forward would copy them onto
-    # themselves. Plain BatchNorm (CPU) keeps it: rank 0's statistics are the ones saved.
+    # themselves (forward_sync_buffers, torch 2.14's name for broadcast_buffers; the buffers
+    # are still made alike once, at the start). Plain BatchNorm (CPU) keeps it.
     synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    bucket_cap_mb_list=[0] if device.type == "cpu" else None,
-                                   broadcast_buffers=not synced)
+                                   forward_sync_buffers=not synced)
 
 
 def peers_lost(exc: RuntimeError, world: World) -> PeersLost | None:
