@@ -51,8 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     p = load_params().train
     device = pick_device(p.device)
-    launching = p.nproc > 1 and "WORLD_SIZE" not in os.environ  # to run again as nproc processes, under torchrun
-    if launching:  # what this machine can't do is one line, before any work and before any process starts
+    if "WORLD_SIZE" not in os.environ:  # not a worker: what this machine can't do is one line, before any work
         check_nproc(p.nproc, device)
         pick_dtype(p.precision, device)
     environment = describe(args.lock)  # read before training: a missing lock costs seconds, not a run
@@ -61,7 +60,7 @@ def main() -> None:
     world_size = int(os.environ.get("WORLD_SIZE", p.nproc))
     # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
     check_sizes(len(train[1]) + len(val[1]), len(val[1]), p.batch_size, world_size, source=str(args.prepared))
-    if launching:
+    if p.nproc > 1 and "WORLD_SIZE" not in os.environ:  # run again as nproc processes, under torchrun
         return relaunch_under_torchrun(p.nproc, p.max_restarts)
     world, device = init_distributed(device)
     dtype = pick_dtype(p.precision, device)

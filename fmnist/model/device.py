@@ -15,8 +15,8 @@ on the machine.
 Native bf16 (`native_bf16`): CUDA GPUs of compute capability 8.0 or above (Ampere on;
 a T4 or V100, 7.x, emulates it and cuDNN has no bf16 convolutions there), CPUs with
 AVX512-BF16 or AMX (x86) or the BF16 extension (Arm) when torch has oneDNN to use them.
-Not MPS: torch 2.14 doesn't say which Apple GPU family it runs on, and the M1's emulates
-bf16, so a Mac trains in fp32.
+Not MPS: torch 2.14 doesn't report the Apple GPU's family, so native bf16 can't be told
+from emulated there, and a Mac trains in fp32.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def pick_device(name: str) -> torch.device:
 def _cpu_has_native_bf16() -> bool:
     """bf16 instructions in this CPU (torch.cpu.get_capabilities, cpuinfo's flags) and oneDNN in torch to use them.
 
-    Not torch's own `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: it answers yes for any
-    AVX-512 CPU, where oneDNN emulates bf16 and convolutions run slower than in fp32.
+    Not torch's own `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: it answers yes for
+    AVX-512 CPUs without BF16 too (as with DNNL_MAX_CPU_ISA=AVX512_CORE), where oneDNN
+    emulates bf16 and convolutions run slower than in fp32.
     """
     flags = torch.cpu.get_capabilities()
     native = flags.get("avx512_bf16", False) or flags.get("amx_bf16", False) or flags.get("bf16", False)
@@ -84,9 +85,10 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32" or (precision == "auto" and not native_bf16(device)):
         return None
     if precision == "bf16" and not native_bf16(device):
-        raise ParamError(f"train.precision: bf16 was asked for but {describe(device)} would only emulate it "
-                         f"(native bf16: CUDA compute capability 8.0 or above, CPUs with AVX512-BF16 or AMX; "
-                         f"not MPS); use 'auto' or 'fp32'")
+        why = ("can't be checked for native bf16 (torch doesn't report the Apple GPU's family)" if device.type == "mps"
+               else "would only emulate it (native bf16: CUDA compute capability 8.0 or above, CPUs with AVX512-BF16 "
+                    "or AMX)")
+        raise ParamError(f"train.precision: bf16 was asked for but {describe(device)} {why}; use 'auto' or 'fp32'")
     return torch.bfloat16
 
 
