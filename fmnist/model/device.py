@@ -66,13 +66,15 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def describe(device: torch.device) -> str:
-    """The device as a message names it: "cuda:0 (Tesla T4, compute capability 7.5)", "cpu", "mps"."""
-    if device.type != "cuda":
-        return device.type
-    major, minor = torch.cuda.get_device_capability(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return f"cuda:{index} ({torch.cuda.get_device_name(index)}, compute capability {major}.{minor})"
+def device_name(device: torch.device, *notes: str) -> str:
+    """The device as messages name it, with `notes`: "cpu", "cuda:0 (Tesla T4, compute capability 7.5)"."""
+    name = device.type
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        name, notes = f"cuda:{index}", (f"{torch.cuda.get_device_name(index)}, compute capability {major}.{minor}",
+                                        *notes)
+    return f"{name} ({'; '.join(notes)})" if notes else name
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -88,7 +90,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         why = ("can't be checked for native bf16 (torch doesn't report the Apple GPU's family)" if device.type == "mps"
                else "would only emulate it (native bf16: CUDA compute capability 8.0 or above, CPUs with AVX512-BF16 "
                     "or AMX)")
-        raise ParamError(f"train.precision: bf16 was asked for but {describe(device)} {why}; use 'auto' or 'fp32'")
+        raise ParamError(f"train.precision: bf16 was asked for but {device_name(device)} {why}; use 'auto' or 'fp32'")
     return torch.bfloat16
 
 
@@ -116,9 +118,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def placement(device: torch.device, dtype: torch.dtype | None, asked: str) -> str:
-    """Where and how a run computes, for its first line: "cpu (picked by train.device: auto) with bf16 autocast"."""
-    picked = " (picked by train.device: auto)" if asked == "auto" else ""
-    return f"{device.type}{picked}" + (" with bf16 autocast" if dtype else " in fp32")
+    """Where and how a run computes, for its first line: "cpu (picked by train.device: auto) with bf16 autocast",
+    "cuda:0 (NVIDIA L4, compute capability 8.9; picked by train.device: auto) with bf16 autocast"."""
+    picked = ("picked by train.device: auto",) if asked == "auto" else ()
+    return device_name(device, *picked) + (" with bf16 autocast" if dtype else " in fp32")
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -16,7 +16,7 @@ import yaml
 
 from fmnist.core.errors import ParamError
 from fmnist.model import device as device_module
-from fmnist.model.device import configure, native_bf16, pick_device, pick_dtype
+from fmnist.model.device import configure, native_bf16, pick_device, pick_dtype, placement
 from fmnist.training import distributed
 from fmnist.training.distributed import check_nproc
 from helpers import ROOT
@@ -83,6 +83,15 @@ def test_bf16_is_native_on_cpus_with_avx512_bf16_amx_or_arm_bf16_and_onednn(mach
         assert pick_dtype("auto", CPU) == (torch.bfloat16 if native else None), name
     machine(cpu=CPUS["Sapphire Rapids (AMX)"], onednn=False)  # no oneDNN in torch: nothing would use the flags
     assert not native_bf16(CPU) and pick_dtype("auto", CPU) is None
+
+
+def test_a_run_says_where_it_computes_naming_the_gpu(machine):
+    machine(cuda=[(8, 9)], cpu=CPUS["Zen 4 (AVX512-BF16)"])
+    assert (placement(CUDA, pick_dtype("auto", CUDA), "auto")
+            == "cuda:0 (NVIDIA L4, compute capability 8.9; picked by train.device: auto) with bf16 autocast")
+    assert placement(torch.device("cuda", 0), None, "cuda") == "cuda:0 (NVIDIA L4, compute capability 8.9) in fp32"
+    assert placement(CPU, pick_dtype("auto", CPU), "auto") == "cpu (picked by train.device: auto) with bf16 autocast"
+    assert placement(CPU, None, "cpu") == "cpu in fp32"
 
 
 def test_mps_trains_in_fp32(machine):
