@@ -34,7 +34,7 @@ def test_fp32_scores_do_not_depend_on_the_kernels_that_compute_them(model_file):
     probabilities by rounding errors, far below what its metrics show."""
     net = build_model("cnn")
     net.load_state_dict(torch.load(model_file, weights_only=True)["state_dict"])
-    images, labels = (torch.from_numpy(a) for a in synthetic(1000, 4))
+    images, labels = (torch.from_numpy(a) for a in synthetic(300, 4))
     labels = labels.long()
 
     def scored(layout=torch.contiguous_format, onednn=True, threads=None):
@@ -43,7 +43,7 @@ def test_fp32_scores_do_not_depend_on_the_kernels_that_compute_them(model_file):
         torch.backends.mkldnn.enabled = onednn
         try:
             return score(Classifier(net.to(memory_format=layout), mirror=True), images, labels, device=CPU,
-                         batch_size=250)
+                         batch_size=100)
         finally:
             torch.set_num_threads(before)
             torch.backends.mkldnn.enabled = True
