@@ -6,8 +6,8 @@ The graph holds everything from stored pixels to probabilities: input `pixels`, 
 (N, 1, 28, 28) as data/prepared stores them (0-255, light garment on a dark ground);
 output `probabilities`, float32 (N, 10); N is free. It computes what the evaluate stage
 scores: the data set's normalisation, the net, softmax and, with the params' evaluate.tta,
-the average with the mirror image's prediction; in fp32 (the evaluate stage may run under
-bf16 autocast, see train.precision). Class names and provenance are in the model's
+the average with the mirror image's prediction; in fp32, as the evaluate stage scores.
+Class names and provenance are in the model's
 metadata (onnxruntime: session.get_modelmeta().custom_metadata_map).
 """
 

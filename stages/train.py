@@ -37,7 +37,7 @@ from fmnist.model.device import pick_device, pick_dtype, placement, to_device
 from fmnist.params import check_sizes, load_params
 from fmnist.splits import load_nonempty_split, load_split
 from fmnist.training.checkpoint import run_key, start
-from fmnist.training.distributed import init_distributed, peers_lost, relaunch_under_torchrun
+from fmnist.training.distributed import check_nproc, init_distributed, peers_lost, relaunch_under_torchrun
 from fmnist.training.environment import describe
 from fmnist.training.loop import fit
 from fmnist.training.record import Record
@@ -50,6 +50,10 @@ def main() -> None:
         parser.add_argument(name, type=Path)
     args = parser.parse_args()
     p = load_params().train
+    device = pick_device(p.device)
+    if "WORLD_SIZE" not in os.environ:  # not a worker: what this machine can't do is one line, before any work
+        check_nproc(p.nproc, device)
+        pick_dtype(p.precision, device)
     environment = describe(args.lock)  # read before training: a missing lock costs seconds, not a run
     train = load_split(args.prepared / "train.pt")
     val = load_nonempty_split(args.prepared / "val.pt", "validation")
@@ -57,9 +61,8 @@ def main() -> None:
     # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
     check_sizes(len(train[1]) + len(val[1]), len(val[1]), p.batch_size, world_size, source=str(args.prepared))
     if p.nproc > 1 and "WORLD_SIZE" not in os.environ:  # run again as nproc processes, under torchrun
-        pick_device(p.device)  # a missing device is reported once, not by N processes
         return relaunch_under_torchrun(p.nproc, p.max_restarts)
-    world, device = init_distributed(pick_device(p.device))
+    world, device = init_distributed(device)
     dtype = pick_dtype(p.precision, device)
     if world.main:
         print(f"training on {placement(device, dtype, p.device)}"

@@ -10,7 +10,8 @@ set, keeping the epoch with the best validation accuracy.
 
 Images stay uint8 (N, 28, 28) tensors on the device for the whole run; each batch is
 indexed, normalised and augmented as one tensor, so there is no DataLoader, no worker
-process and no per-image transform.
+process and no per-image transform. The only waits for a GPU are every CHECK_EVERY
+batches and at the end of an epoch.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from tqdm import tqdm
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import ParamError, TrainingDiverged
 from fmnist.model.classifier import Classifier, normalize, score
-from fmnist.model.device import autocast, to_device, to_device_layout
+from fmnist.model.device import autocast, configure, to_device, to_device_layout
 from fmnist.model.nets import build_model
-from fmnist.training.augment import augment_batch
+from fmnist.training.augment import Augmentation
 from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch, wrap_ddp
 from fmnist.training.ema import Ema
 
@@ -108,6 +109,7 @@ def build(p: Train, n_train: int, device: torch.device, dtype: torch.dtype | Non
     Seeded, so every rank starts alike.
     """
     seed_everything(p.seed)
+    configure(device)
     net = build_model(p.model, len(CLASSES))
     if world.size > 1 and device.type == "cuda":
         # BatchNorm statistics over the global batch, as one process computes them. Its
@@ -169,26 +171,31 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
     `should_stop(epoch, batches done)` is asked every CHECK_EVERY batches and after the
     last one (the benchmark scores the test set there, off the clock); when it says
     yes, the epoch is abandoned and None returned.
+
+    The epoch's order and augmentation draws go to the device once, before the first
+    step; a step itself asks nothing of the host, so a GPU runs up to CHECK_EVERY
+    batches ahead of it, until `_check` waits for it.
     """
     model, optimizer, scheduler, ema, device, world = (state.model, state.optimizer, state.scheduler, state.ema,
                                                        state.device, state.world)
     batch_size = per_rank_batch(p.batch_size, world.size)
     model.train()
     order_gen, aug_gen = epoch_generators(p.seed, epoch, world.rank)
-    order = torch.randperm(len(images), generator=order_gen)
-    order = to_device(shard(order, world.rank, world.size), device)
+    order = shard(torch.randperm(len(images), generator=order_gen), world.rank, world.size)
     n_batches = -(-len(order) // batch_size)
     if n_batches == 0:  # fmnist.params.size_problems refuses this up front
         raise ParamError(f"train.nproc: {world.size} processes but only {len(images)} training images")
+    augmentation = Augmentation(p.augment, len(order), aug_gen, device)
+    order = to_device(order, device)
     losses = torch.zeros(n_batches, device=device)  # the optimised (label-smoothed) loss
     plain = torch.zeros(n_batches, device=device)   # plain cross-entropy of the same logits
     correct = torch.zeros((), dtype=torch.long, device=device)
     bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=False,
                disable=None if world.main else True)  # None: a bar on a terminal, never in logs
     for b in bar:
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        x, y = normalize(images[idx].unsqueeze(1)), labels[idx]
-        x = augment_batch(x, aug_gen, p.augment)
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        idx = order[rows]
+        x, y = augmentation(normalize(images[idx].unsqueeze(1)), rows), labels[idx]
         x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, state.dtype):
@@ -203,13 +210,9 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
         with torch.no_grad():
             plain[b] = F.cross_entropy(logits.detach().float(), y)
         correct += (logits.argmax(1) == y).sum()
-        if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:  # a sync point: a GPU runs ahead in between
-            _check_finite(losses[:b + 1], epoch, n_batches, world)
-            bar.set_postfix(loss=f"{losses[b].item():.4f}")
-            if should_stop is not None:
-                if should_stop(epoch, b + 1):
-                    return None
-                model.train()  # it may have scored something (the benchmark scores the test set there)
+        checked = (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches
+        if checked and _check(state, losses[:b + 1], epoch, n_batches, bar, should_stop):
+            return None
     # Each batch's loss weighs by its size, so a short last batch counts for less.
     sizes = torch.full((n_batches,), float(batch_size), device=device)
     sizes[-1] = len(order) - batch_size * (n_batches - 1)
@@ -218,6 +221,20 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
     if world.size > 1:
         dist.all_reduce(totals)
     return EpochFigures(*(float(total / totals[3]) for total in totals[:3]))
+
+
+def _check(state: TrainState, losses: torch.Tensor, epoch: int, n_batches: int, bar: tqdm,
+           should_stop: Callable[[int, int], bool] | None) -> bool:
+    """The loop's host sync, every CHECK_EVERY batches and after the last: a diverged loss
+    stops the run, the bar shows the last loss, `should_stop` is asked. True: stop the epoch."""
+    _check_finite(losses, epoch, n_batches, state.world)
+    bar.set_postfix(loss=f"{losses[-1].item():.4f}")
+    if should_stop is None:
+        return False
+    if should_stop(epoch, len(losses)):
+        return True
+    state.model.train()  # it may have scored something (the benchmark scores the test set there)
+    return False
 
 
 @dataclass

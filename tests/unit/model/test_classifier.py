@@ -52,3 +52,30 @@ def test_mirror_averaging_flips_left_to_right_as_an_independent_computation_says
     assert (got - upside_down).abs().max() > 1e-3 and (got - alone).abs().max() > 1e-3
     assert torch.allclose(alone, plain(pixels), atol=1e-6)
     assert torch.allclose(got, of_the_mirror_image, atol=1e-6)  # a picture and its mirror image: the same answer
+
+
+def test_fp32_scores_do_not_depend_on_the_kernels_that_compute_them(model_file):
+    """What lets the evaluate stage give the same figures on any machine: in fp32 another CPU's kernels
+    (stood in for by oneDNN against torch's own convolutions, thread counts, memory layouts) move the
+    probabilities by rounding errors, far below what its metrics show."""
+    net = build_model("cnn")
+    net.load_state_dict(torch.load(model_file, weights_only=True)["state_dict"])
+    images, labels = (torch.from_numpy(a) for a in synthetic(300, 4))
+    labels = labels.long()
+
+    def scored(layout=torch.contiguous_format, onednn=True, threads=None):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        torch.backends.mkldnn.enabled = onednn
+        try:
+            return score(Classifier(net.to(memory_format=layout), mirror=True), images, labels, device=CPU,
+                         batch_size=100)
+        finally:
+            torch.set_num_threads(before)
+            torch.backends.mkldnn.enabled = True
+
+    reference = scored()
+    for other in (scored(onednn=False), scored(torch.channels_last), scored(threads=1)):
+        assert other.accuracy == reference.accuracy
+        assert torch.equal(other.probs.argmax(1), reference.probs.argmax(1))
+        assert abs(other.loss - reference.loss) < 1e-6 and (other.probs - reference.probs).abs().max() < 1e-5

@@ -13,8 +13,9 @@ import yaml
 
 from fmnist.model.nets import build_model
 from fmnist.params import Train
+from fmnist.training import distributed
 from fmnist.training import loop as training
-from fmnist.training.distributed import World, _fresh_namespace
+from fmnist.training.distributed import World, _fresh_namespace, wrap_ddp
 from helpers import ROOT
 
 
@@ -68,3 +69,14 @@ def test_sync_batchnorm_weights_load_into_the_plain_net():
         plain.load_state_dict(synced.state_dict())  # strict: same keys, same shapes
         if name == "cnn":
             assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+
+
+def test_ddp_broadcasts_buffers_every_step_only_without_syncbatchnorm(monkeypatch):
+    """SyncBatchNorm keeps every rank's statistics alike: DDP's broadcast before each forward is left
+    out. (DDP itself, which refuses SyncBatchNorm on CPU modules, is stood in for.)"""
+    made = []
+    monkeypatch.setattr(distributed, "DistributedDataParallel", lambda model, **kwargs: made.append(kwargs))
+    wrap_ddp(build_model("cnn"), torch.device("cpu"), World(0, 2))
+    wrap_ddp(torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_model("cnn")), torch.device("cuda", 1), World(1, 2))
+    assert [m["forward_sync_buffers"] for m in made] == [True, False]
+    assert [m["device_ids"] for m in made] == [None, [1]]

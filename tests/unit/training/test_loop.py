@@ -1,5 +1,6 @@
-"""fmnist/training/loop.py: the schedule, the loop's behaviour (on the CPU, and on CUDA where
-there is one), determinism."""
+"""fmnist/training/loop.py: the schedule, the loop's behaviour, determinism; no host sync in a step
+(counted on the CPU, and on CUDA with torch's sync debug mode where there is one); a tiny run on CUDA
+and on MPS where there is one."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 
 from fmnist.core.errors import TrainingDiverged
 from fmnist.model.classifier import Classifier, Evaluation, score
-from fmnist.model.device import pick_device, pick_dtype, to_device_layout
+from fmnist.model.device import pick_dtype, to_device, to_device_layout
 from fmnist.model.nets import build_model
 from fmnist.training import loop
+from fmnist.training import loop as training
 from fmnist.training.distributed import steps_per_epoch
-from fmnist.training.loop import TrainState, build, lr_factor, seed_everything, train_epoch
+from fmnist.training.loop import TrainState, build, fit, lr_factor, seed_everything, train_epoch
 from helpers.data import synthetic, tiny, train_params
 
 CPU = torch.device("cpu")
@@ -36,7 +39,7 @@ def plain_sgd(net: torch.nn.Module, lr: float, device: torch.device = CPU, dtype
                       None, device, dtype)
 
 
-def fit(seed: int, epochs: int = 2, lr: float = 0.05, model: str = "cnn"):
+def fit_sgd(seed: int, epochs: int = 2, lr: float = 0.05, model: str = "cnn"):
     seed_everything(seed)
     net = build_model(model)
     state = plain_sgd(net, lr)
@@ -46,7 +49,7 @@ def fit(seed: int, epochs: int = 2, lr: float = 0.05, model: str = "cnn"):
 
 
 def test_train_epoch_learns_and_evaluate_scores():
-    net, losses = fit(seed=0, epochs=4)
+    net, losses = fit_sgd(seed=0, epochs=4)
     assert losses[-1] < losses[0]
     x, y = tiny(120, seed=5)
     result = score(Classifier(net, mirror=True), x, y, device=CPU, batch_size=50)
@@ -79,9 +82,9 @@ def test_fit_keeps_the_epoch_of_the_best_validation_accuracy_not_the_last(monkey
 
 
 def test_one_seed_gives_identical_weights_and_another_does_not():
-    a, _ = fit(seed=1)
-    b, _ = fit(seed=1)
-    c, _ = fit(seed=2)
+    a, _ = fit_sgd(seed=1)
+    b, _ = fit_sgd(seed=1)
+    c, _ = fit_sgd(seed=2)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -89,24 +92,119 @@ def test_one_seed_gives_identical_weights_and_another_does_not():
 
 def test_a_diverging_loss_stops_training_naming_epoch_and_batch():
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, batch \d+ of 8; try a smaller train.lr"):
-        fit(seed=0, epochs=1, lr=1e12)
+        fit_sgd(seed=0, epochs=1, lr=1e12)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_path_trains_with_data_on_the_device():
-    seed_everything(0)
-    dev = torch.device("cuda")
-    net = build_model("cnn")
-    state = plain_sgd(net, 0.05, dev, torch.bfloat16)
-    x, y = tiny()
-    x, y = x.to(dev), y.to(dev)
-    loss, acc, _ = train_epoch(state, x, y, 1, loop_params(device="cuda"))
-    assert next(net.parameters()).is_cuda and loss == loss and 0 <= acc <= 1
-    assert pick_device("auto").type == "cuda"
-    if torch.cuda.is_bf16_supported():
-        assert pick_dtype("auto", dev) == torch.bfloat16
-    result = score(Classifier(net, mirror=True), x.cpu(), y.cpu(), device=dev, batch_size=64, dtype=torch.bfloat16)
-    assert result.probs.shape == (len(y), 10) and 0 <= result.accuracy <= 1
+class HostTraffic(TorchFunctionMode):
+    """Records, in order, every call that moves a tensor between devices or makes the host wait
+    for a tensor's value (what blocks on a GPU), and every optimizer step ("step")."""
+
+    READS = frozenset({torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
+                       torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.nonzero, torch.nonzero,
+                       torch.Tensor.cpu})
+    MOVES = frozenset({torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.pin_memory})
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.READS or (func is torch.Tensor.__getitem__ and _masks(args[1])):
+            self.events.append(f"read:{func.__name__}")
+        elif func in self.MOVES and (func is not torch.Tensor.to or _names_a_device(args[1:], kwargs)):
+            self.events.append(f"move:{func.__name__}")
+        return func(*args, **kwargs)
+
+    def between_steps(self) -> list[list[str]]:
+        """The events before the first step, between each step and the next, and after the last."""
+        groups = [[]]
+        for event in self.events:
+            if event == "step":
+                groups.append([])
+            else:
+                groups[-1].append(event)
+        return groups
+
+
+def _names_a_device(args, kwargs) -> bool:
+    return "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args)
+
+
+def _masks(index) -> bool:
+    indices = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
+def test_a_step_moves_nothing_and_waits_for_nothing_only_the_checks_do(monkeypatch):
+    """The epoch's order and augmentation draws are moved before the first step, once; between
+    steps the host reads nothing, but every CHECK_EVERY batches, after the last and at the end."""
+    monkeypatch.setattr(training, "CHECK_EVERY", 3)
+    x, y = tiny()  # 256 images: 8 batches of 32
+    p = loop_params(augment={"flip": True, "shift": 2, "erase": 0.5})
+    state = build(p, len(y), CPU)
+    traffic = HostTraffic()
+    state.optimizer.register_step_post_hook(lambda *_: traffic.events.append("step"))
+    with traffic:
+        train_epoch(state, x, y, 1, p)
+    groups = traffic.between_steps()
+    assert len(groups) == 9
+    assert groups[0] == ["move:to"] * 4  # the order and the flip, shift and erase draws
+    for step, events in enumerate(groups[1:], start=1):
+        checked = step % 3 == 0 or step == 8
+        assert all(e.startswith("read:") for e in events) and bool(events) == checked, (step, events)
+
+
+def tiny_run_learns(device: torch.device) -> None:
+    """A few epochs of a tiny run on `device` with its own precision: the loss falls, validation beats chance."""
+    p = loop_params(epochs=4, device=device.type, precision="auto", augment={"flip": True, "shift": 1, "erase": 0.25})
+    dtype = pick_dtype(p.precision, device)
+    state = build(p, 256, device, dtype)
+    train, val = [tuple(to_device(t, device) for t in tiny(n, seed)) for n, seed in ((256, 0), (200, 5))]
+    progress = fit(state, train, val, p)
+    assert next(state.net.parameters()).device.type == device.type
+    losses = [row["train/loss"] for row in progress.history]
+    assert losses[-1] < losses[0] and progress.best["val_acc"] > 0.3, progress.history  # chance is 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
+def test_a_tiny_run_learns_on_cuda():
+    tiny_run_learns(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.skipif(not torch.backends.mps.is_available(), reason="needs an Apple GPU (MPS); none on this machine")
+def test_a_tiny_run_learns_on_mps():
+    tiny_run_learns(torch.device("mps"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
+def test_on_cuda_no_step_synchronises_with_the_host(monkeypatch):
+    """torch's sync debug mode raises at any synchronising call in the steps; the checks every
+    CHECK_EVERY batches are let through. The first epoch warms up (cuDNN's autotuning)."""
+    monkeypatch.setattr(training, "CHECK_EVERY", 3)
+    device = torch.device("cuda")
+    p = loop_params(augment={"flip": True, "shift": 2, "erase": 0.5})
+    state = build(p, 256, device, pick_dtype("auto", device))
+    x, y = (to_device(t, device) for t in tiny())
+    train_epoch(state, x, y, 1, p)
+    check = training._check
+
+    def check_allowed(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("default")
+        try:
+            return check(*args, **kwargs)
+        finally:
+            last = len(args[1]) == args[3]  # losses so far == n_batches: the epoch's end syncs too
+            torch.cuda.set_sync_debug_mode("default" if last else "error")
+
+    monkeypatch.setattr(training, "_check", check_allowed)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        train_epoch(state, x, y, 2, p)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @settings(deadline=None)  # a shared CI machine's timings vary
