@@ -97,9 +97,10 @@ def fail_when_lr_is(value: float):
     def patch(path: Path) -> None:
         stage = path / "stages/train.py"
         text = stage.read_text()
-        anchor = '    p = load_params()["train"]\n'
-        assert anchor in text
-        stage.write_text(text.replace(anchor, anchor + f'    if p["lr"] == {value}:\n'
+        anchor, imports = "    p = load_params().train\n", "from fmnist.core.errors import run\n"
+        assert anchor in text and imports in text
+        text = text.replace(imports, "from fmnist.core.errors import ParamError, run\n")
+        stage.write_text(text.replace(anchor, anchor + f"    if p.lr == {value}:\n"
                                       f'        raise ParamError("train.lr: {value} is refused by this test")\n'))
     return patch
 
