@@ -6,6 +6,7 @@
 #   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
 #   make lock    re-resolve the lock (requirements/) after editing pyproject.toml's dependencies
 #   make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   a hyperparameter search (docs/sweep.md)
+#   make fuzz FUZZ_SECONDS=300   fuzz every reader of the project's files (docs/fuzzing.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -34,8 +35,11 @@ UPGRADE    ?=
 TRIALS ?= 20
 JOBS   ?= 1
 ARGS   ?=
+# `make fuzz`: seconds of fuzzing each target, and which targets (all, or names: python -m fuzz --list).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= all
 
-.PHONY: repro test compare bench lock sweep plots-page help
+.PHONY: repro test compare bench lock sweep fuzz plots-page help
 .DEFAULT_GOAL := help
 
 help:
@@ -47,6 +51,7 @@ help:
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
 	@echo "make lock    re-resolve requirements/ from pyproject.toml (UPGRADE=1: newest releases)"
 	@echo "make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   hyperparameter search, every trial a DVC experiment (docs/sweep.md)"
+	@echo "make fuzz FUZZ_SECONDS=300 FUZZ_TARGETS='model picture'   coverage-guided fuzzing of the readers, one target at a time (docs/fuzzing.md)"
 
 # The lock, installed exactly: pip first (an old one can't install the project editable), then
 # the runtime, then the project itself, built by the locked setuptools; the last step removes
@@ -123,3 +128,8 @@ dashboard: $(VENV)/.installed-test
 	$(RUN) optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) '$(STORAGE)'
 
 .PHONY: lint dashboard
+
+# atheris (the test extra, Linux) on each reader in turn, FUZZ_SECONDS each; crashes are saved
+# outside the repository, and the command names them (docs/fuzzing.md).
+fuzz: $(VENV)/.installed-test
+	$(RUN) python -m fuzz $(FUZZ_TARGETS) --seconds $(FUZZ_SECONDS)

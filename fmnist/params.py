@@ -23,7 +23,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from fmnist.core.dataset import OFFICIAL_COUNTS
-from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, one_line, reason, shown
+from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, one_line, printable, reason, shown
 from fmnist.core.io import read_bytes
 
 PARAMS_FILE = "params.yaml"
@@ -174,7 +174,7 @@ def _field(model: type[Section], path: tuple) -> tuple[type[Section] | None, Any
 def _message(error: dict, given: Any) -> str:
     """One line for one of pydantic's errors, naming the dotted key; `given`: the mapping checked."""
     path = tuple(str(p) for p in error["loc"])
-    where = ".".join(flat(p, 40) for p in path)
+    where = ".".join(printable(flat(p, 40)) for p in path)
     model, field = _field(Params, path) if path else (Params, None)
     if not path:
         sections = ", ".join(Params.model_fields)
@@ -275,7 +275,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         params = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ParamError(f"{path}: cannot be read as text ({reason(exc)}); {restore}") from None
-    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+    except Exception as exc:  # noqa: BLE001 - YAMLError; RecursionError (deep nesting); what PyYAML's constructors
+        # raise for a tag they can't build (`!!float x` ValueError, `!!float` IndexError, `!!bool x` KeyError)
         raise ParamError(f"{path}: not valid YAML: {one_line(exc)}; fix it or {restore}") from None
     except DataError as exc:  # missing, unreadable, not a file, too large: the params are at fault
         raise ParamError(str(exc)) from None

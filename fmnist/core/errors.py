@@ -48,11 +48,59 @@ def flat(text: object, limit: int) -> str:
     what an outside message (an exception's, a tool's stderr) may be in one of ours."""
     return " ".join(str(text).split())[:limit]
 
+class _Enough(Exception):
+    """A repr has grown past what a message shows."""
+
+
+def _repr_upto(value: object, limit: int) -> str:
+    """repr(value) as far as its first `limit` characters or a little more, however large
+    the whole: lists and dicts from a file can share parts (YAML aliases, pickle's memo), so
+    that a few lines of YAML make a repr of gigabytes; a part repr() can't write is <its type>."""
+    parts, size = [], 0
+
+    def put(text: str) -> None:
+        nonlocal size
+        parts.append(text)
+        size += len(text)
+        if size > limit:
+            raise _Enough
+
+    def walk(v: object, depth: int) -> None:
+        if isinstance(v, (list, tuple, dict)) and depth > 20:
+            put("...")  # nested deeper than any message shows (and maybe in itself)
+        elif isinstance(v, dict):
+            put("{" if type(v) is dict else f"{type(v).__name__}({{")
+            for i, (key, item) in enumerate(v.items()):
+                put(", " if i else "")
+                walk(key, depth + 1)
+                put(": ")
+                walk(item, depth + 1)
+            put("}" if type(v) is dict else "})")
+        elif type(v) in (list, tuple):
+            put("[" if type(v) is list else "(")
+            for i, item in enumerate(v):
+                put(", " if i else "")
+                walk(item, depth + 1)
+            put("]" if type(v) is list else ",)" if len(v) == 1 else ")")
+        else:
+            try:
+                put(repr(v))
+            except _Enough:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. an int of a million digits (ValueError)
+                put(f"<{type(v).__name__}>")
+
+    try:
+        walk(value, 0)
+    except _Enough:
+        pass
+    return "".join(parts)
+
 
 def shown(value: object, limit: int = 80) -> str:
     """repr(value) on one line and at most `limit` characters, for a message: a tensor or
     a long list found in a damaged file must not break the one-line rule."""
-    text = " ".join(repr(value).split())
+    text = printable(" ".join(_repr_upto(value, 2 * limit).split()))
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -67,9 +115,21 @@ def reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal would act on (an escape sequence's ESC, a bell,
+    a NUL) written as repr() writes it: a message may quote bytes of a damaged file."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quoted(text: str, limit: int = 300) -> str:
+    """Text from a file (a key, a name) for a message: one printable line, at most `limit` characters."""
+    text = printable(" ".join(text.split()))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def one_line(exc: BaseException, limit: int = 160) -> str:
-    """The first sentence of an exception's message, on one line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The first sentence of an exception's message, on one printable line."""
+    text = printable(" ".join(str(exc).split())) or type(exc).__name__
     first = text.split(". ")[0].rstrip(".")
     return first if len(first) <= limit else first[:limit - 3] + "..."
 

@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import pickletools
 import re
 import shutil
 import stat
@@ -430,20 +431,100 @@ def torch_from_bytes(data: bytes, name: str, hint: str, limit: int | None = None
     """
     if not data:
         raise DataError(f"{name}: the file is empty; {hint}")
-    if limit is not None and data.startswith(b"PK\x03\x04"):
-        try:
-            declared = sum(entry.file_size for entry in zipfile.ZipFile(io.BytesIO(data)).infolist())
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
-            declared = 0  # not a readable zip: torch.load says so below
-        if declared > limit:
-            raise DataError(f"{name}: its records declare {size_text(declared)}, more than {what} can hold "
-                            f"(the limit is {size_text(limit)}); {hint}")
+    if not data.startswith(b"PK\x03\x04"):  # what torch.save writes: a zip archive (no legacy format)
+        raise DataError(f"{name}: not a torch file (it doesn't start like one); {hint}")
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        declared = sum(entry.file_size for entry in archive.infolist())
+    except Exception:  # noqa: BLE001 - zipfile reports damage with many types (NotImplementedError too)
+        archive, declared = None, 0  # not a readable zip: torch.load says so below
+    if limit is not None and declared > limit:
+        raise DataError(f"{name}: its records declare {size_text(declared)}, more than {what} can hold "
+                        f"(the limit is {size_text(limit)}); {hint}")
+    parts = _largest_tuple(archive) if archive is not None else 0
+    if parts > MAX_TUPLE_PARTS:
+        raise DataError(f"{name}: its pickle builds a tuple of {parts:,} parts from shared ones, which loading "
+                        f"would hash for hours: not a file this project writes; {hint}")
+    try:
+        obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch reports damage with many exception types
-        if not data.startswith(b"PK\x03\x04"):  # what torch.save writes: a zip archive
-            raise DataError(f"{name}: not a torch file (it doesn't start like one); {hint}") from None
         raise DataError(f"{name}: not a readable torch file, truncated or damaged ({one_line(exc)}); {hint}") from None
+    wide = _wider_than_its_data(obj)
+    if wide is not None:
+        raise DataError(f"{name}: holds a tensor of {wide} that the file doesn't hold the values of "
+                        f"(a view repeating them, or not a plain tensor): not a file this project writes; {hint}")
+    return obj
+
+
+# A tuple a legitimate torch file's pickle builds has a few parts (a size, a stride, the
+# arguments that rebuild a tensor); hashing one of a million takes milliseconds.
+MAX_TUPLE_PARTS = 1_000_000
+
+
+def _largest_tuple(archive: zipfile.ZipFile) -> int:
+    """The most parts (counted as a tree: a tuple shared twice counts twice) of any tuple the
+    archive's pickle builds, found by following its opcodes without running them.
+
+    A pickle can build a tuple of two copies of the previous one forty times over in 200
+    bytes (its memo shares them); a dict keyed by it is hashed while loading, and Python
+    hashes a tuple by walking every part: 2^40 of them. The count stops being exact where
+    it can't follow (any other object is counted as the sum of what built it)."""
+    largest = 0
+    for name in (n for n in archive.namelist() if n.endswith("data.pkl")):
+        stack: list[int] = []
+        marks: list[int] = []
+        memo: dict[int, int] = {}
+        try:
+            for op, arg, _ in pickletools.genops(archive.read(name)):
+                if op.name == "MARK":
+                    marks.append(len(stack))
+                    continue
+                if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                    memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1]
+                    continue
+                if op.name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
+                    stack.append(memo[arg] if op.name != "DUP" else stack[-1])
+                    continue
+                before, after = op.stack_before, op.stack_after
+                start = len(stack) - len(before)
+                if pickletools.markobject in before:  # it takes everything since the last MARK
+                    start = marks.pop() - before.index(pickletools.markobject)
+                popped = stack[start:]
+                del stack[start:]
+                builds = op.name.startswith("TUPLE") or op.name in ("REDUCE", "NEWOBJ", "BUILD")
+                built = 1 + sum(popped) if builds else 1
+                stack.extend([built] * len(after))
+                largest = max(largest, built)
+        except Exception:  # noqa: BLE001, S112 - a pickle it can't follow: torch.load reports it
+            continue
+    return largest
+
+
+def _wider_than_its_data(obj: Any) -> str | None:
+    """The shape of a tensor in `obj` (dicts, lists, tuples) with more values than its storage,
+    or of a kind other than a plain dense tensor; None when there is none.
+
+    A pickle can rebuild a tensor of any size and stride on a storage of one value (stride
+    0): a few bytes that read as a billion images, whose checks, copies and comparisons
+    then cost what the file never held. Every container is looked at once (the pickle's
+    memo can share one among many places)."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            try:
+                plain = item.layout == torch.strided and (item.numel() == 0 or item.numel() * item.element_size()
+                                                          <= item.untyped_storage().nbytes()
+                                                          - item.storage_offset() * item.element_size())
+            except Exception:  # noqa: BLE001 - a sparse or otherwise unusual tensor has no such storage
+                plain = False
+            if not plain:
+                return f"{tuple(item.shape)}"[:80]
+        elif isinstance(item, (dict, list, tuple, set, frozenset)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+    return None
 
 
 def load_torch(path: Path, hint: str, limit: int, what: str = "such a file") -> Any:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from fmnist.core.dataset import CLASSES
-from fmnist.core.errors import DataError, shown
+from fmnist.core.errors import DataError, quoted, shown
 from fmnist.core.io import read_bytes, read_stream, save_torch, torch_from_bytes
 from fmnist.model.nets import ARCHITECTURES, build_model, weights_problem
 
@@ -105,15 +105,16 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
         raise DataError(f"{name}: unknown architecture {shown(obj['model'])} "
                         f"(known: {', '.join(ARCHITECTURES)}); {hint}")
     classes = obj["classes"]
-    # The net's last layer has one output per class, and the labels are 0-9.
+    # The net's last layer has one output per class, and the labels are 0-9. The names are
+    # printed (the card, fmnist-predict's table): short, printable text.
     if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) \
-            or not all(isinstance(c, str) for c in classes):
+            or not all(isinstance(c, str) and 0 < len(c) <= 100 and c.isprintable() for c in classes):
         raise DataError(f"{name}: 'classes' should be a list of {len(CLASSES)} class names, "
                         f"found {shown(classes)}; {hint}")
     net = build_model(obj["model"], len(classes))
     problem = weights_problem(obj["state_dict"], net)
     if problem:
-        raise DataError(f"{name}: not the weights of a {obj['model']} net: {problem}; {hint}")
+        raise DataError(f"{name}: not the weights of a {obj['model']} net: {quoted(problem)}; {hint}")
     net.load_state_dict(obj["state_dict"])
     return net.eval(), obj
 
@@ -144,23 +145,27 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def card(record: dict) -> dict:
-    """What a (checked) model file says of itself; keys a file of an older version lacks are None."""
+    """What a (checked) model file says of itself; keys a file of an older version lacks, or
+    holds something else in (a file may come from anywhere, and its card is printed as text
+    and as JSON), are None."""
+    epoch, val_acc, digest = record.get("epoch"), record.get("val_acc"), record.get("data_sha256")
     return {
         "architecture": record["model"],
         "classes": list(record["classes"]),
-        "best_epoch": record.get("epoch"),
-        "val_acc": record.get("val_acc"),
-        "data_sha256": record.get("data_sha256"),
-        "params": record.get("params"),
-        "environment": _environment(record.get("environment")),
+        "best_epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
+        "val_acc": float(val_acc) if isinstance(val_acc, (int, float)) and not isinstance(val_acc, bool) else None,
+        "data_sha256": digest if isinstance(digest, str) and len(digest) <= 200 and digest.isprintable() else None,
+        "params": _plain(record.get("params"), (str, int, float, bool, type(None)), 64),
+        "environment": _plain(record.get("environment"), (str,), 16),
     }
 
 
-def _environment(found: Any) -> dict[str, str] | None:
-    """The file's environment record if it is one (a few short strings; a file may come from
-    anywhere, and its card is printed); None for a file of an older version or a damaged one."""
-    if not isinstance(found, dict) or len(found) > 16 or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 40 and len(v) <= 200 and v.isprintable()
+def _plain(found: Any, kinds: tuple[type, ...], most: int) -> dict | None:
+    """`found` if it is a small dict of short printable names to values of `kinds` (short
+    printable text where text); None otherwise (a file of an older version, or a damaged one)."""
+    if not isinstance(found, dict) or len(found) > most or not all(
+            isinstance(k, str) and len(k) <= 40 and k.isprintable() and type(v) in kinds
+            and (not isinstance(v, str) or (len(v) <= 200 and v.isprintable()))
             for k, v in found.items()):
         return None
     return dict(found)

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, shown
+from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, printable, shown
 from fmnist.core.io import read_text_bounded
 from fmnist.model.nets import check_name
 from fmnist.params import allowed, kind_of, leaves, with_value
@@ -88,8 +88,8 @@ def describe(d: BaseDistribution) -> dict:
 
 
 def _name(key: Any) -> str:
-    """A key of the file as a message shows it: on one line, at most 40 characters."""
-    return flat(key, 40)
+    """A key of the file as a message shows it: on one printable line, at most 40 characters."""
+    return printable(flat(key, 40))
 
 
 def check_params(params: Any) -> list[str]:
@@ -258,8 +258,9 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
     """
     try:
         doc = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
-        reason = flat(exc, 160)
+    except Exception as exc:  # noqa: BLE001 - YAMLError, RecursionError, and what PyYAML's constructors raise
+        # for a tag they can't build (`!!float x` ValueError, `!!float` IndexError, `!!bool x` KeyError)
+        reason = printable(flat(exc, 160))  # PyYAML quotes the line, any character in it
         raise ParamError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(doc, dict) or "space" not in doc:
         raise ParamError(f"{path}: expected a mapping with a 'space' of params to search, got {shown(doc)}")
@@ -277,8 +278,8 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
     for name, entry in space.items():
         where = f"{path}: space.{_name(name)}"
         if not isinstance(name, str) or name not in known:
-            raise ParamError(f"{where}: unknown param{did_you_mean(str(name), known)}; params are section.key, "
-                             f"as -S names them")
+            raise ParamError(f"{where}: unknown param{did_you_mean(str(name), known)}; params are dotted names "
+                             f"(train.augment.shift), as -S names them")
         reason = NOT_SEARCHABLE.get(name) or NOT_SEARCHABLE.get(name.split(".")[0])
         if reason:
             raise ParamError(f"{where}: {name} can't be searched: {reason}")

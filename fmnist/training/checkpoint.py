@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from fmnist.core.errors import DataError, flat
+from fmnist.core.errors import DataError, quoted
 from fmnist.core.io import load_torch
 from fmnist.model.nets import weights_problem
 from fmnist.training.distributed import World, steps_per_epoch
@@ -128,7 +128,7 @@ def restore(checkpoint: object, key: dict, state: TrainState, steps: int) -> Pro
     try:
         return _restore(checkpoint, state, steps)
     except Exception as exc:  # noqa: BLE001 - a damaged checkpoint fails in many ways
-        raise ResumeError(f"is damaged ({flat(exc, 200) or type(exc).__name__})") from None
+        raise ResumeError(f"is damaged ({quoted(str(exc), 200) or type(exc).__name__})") from None
 
 
 def _is_number(value: object) -> bool:

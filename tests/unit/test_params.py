@@ -102,6 +102,16 @@ DAMAGED_PARAMS = {
     "broken YAML": (b"train: [1, 2\n", "not valid YAML"),
     "absurdly deep": (b"[" * 1000, "not valid YAML"),  # RecursionError in PyYAML
     "a tab": (b"train:\n\tlr: 1\n", "not valid YAML"),
+    # Found by fuzzing (fuzz/corpus/params/crash-float-tag.yaml, sweep's crash-empty-float.yaml): for a tag
+    # PyYAML can't construct, it raises ValueError, IndexError, KeyError or AttributeError, not a YAMLError.
+    "a tag it can't construct": (b"train: {lr: !!float fast}\n", "not valid YAML: could not convert string to float"),
+    "an empty float": (b"train: {lr: !!float }\n", "not valid YAML: string index out of range"),
+    "a bool that isn't": (b"train: {augment: !!bool maybe}\n", "not valid YAML: 'maybe'"),
+    "a date that isn't": (b"train: {lr: !!timestamp 2020-99}\n", "not valid YAML: 'NoneType' object has no"),
+    # Found with fuzz/corpus/sweep/crash-format-character.yaml: a key is quoted with what a terminal acts on escaped.
+    "an escape in a key": ((ROOT / "params.yaml").read_bytes().replace(b"\ntrain:\n", b'\ntrain:\n  "lr\\x1b[2J": 1\n'),
+                           r"train.lr\x1b[2J: unknown key"),
+    "5,000 digits": (b"data: {val_size: " + b"1" * 5000 + b"}\n", "not valid YAML: Exceeds the limit"),
 }
 
 

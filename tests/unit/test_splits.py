@@ -60,6 +60,11 @@ DAMAGED_SPLITS = {
     "2-d labels": (_split(labels=torch.zeros(12, 2, dtype=torch.long)), "found torch.int64 (12, 2)"),
     "fewer labels": (_split(labels=torch.zeros(11, dtype=torch.long)), "12 images but 11 labels"),
     "label 10": (_split(labels=torch.full((12,), 10)), "labels outside 0-9"),
+    # Found while fuzzing: a view on one stored value (stride 0) is a million images in 2 KB; with a
+    # billion, the label checks ran for half a minute and the train stage's hash asked for 784 GB.
+    "a million images in one byte": (_split(images=torch.zeros(1, 1, 1, dtype=torch.uint8).expand(10**6, 28, 28),
+                                           labels=torch.zeros(1, dtype=torch.long).expand(10**6)),
+                                     "holds a tensor of (1000000,) that the file doesn't hold the values of"),
 }
 
 

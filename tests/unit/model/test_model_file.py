@@ -57,6 +57,13 @@ DAMAGED_MODELS = {
     "unknown architecture": (torch_bytes(_model(model="resnet")), "unknown architecture 'resnet'"),
     "architecture a list": (torch_bytes(_model(model=["cnn"])), "unknown architecture ['cnn']"),
     "three classes": (torch_bytes(_model(classes=["a", "b", "c"])), "'classes' should be a list of 10 class names"),
+    # Found by fuzzing (fuzz/corpus/model/crash-unprintable-class.pkl): the names are printed as they are.
+    "a class name a terminal acts on": (torch_bytes(_model(classes=["\x1b[2J", *CLASSES[1:]])),
+                                        "'classes' should be a list of 10 class names, found ['\\x1b[2J', "),
+    "an empty class name": (torch_bytes(_model(classes=["", *CLASSES[1:]])), "found ['', 'Trouser'"),
+    # Found by fuzzing (fuzz/corpus/model/crash-unprintable-weight-name.pkl): a weight's name is quoted printable.
+    "a weight named with a bell": (torch_bytes(_weights("\x07" * 500, torch.zeros(1))),
+                                   "1 unexpected weights (" + "\\x07" * 60),
     "weights a string": (torch_bytes(_model(state_dict="weights")), "the weights are a str, not a dict of tensors"),
     "a weight missing": (torch_bytes(_model(state_dict={})),
                          "not the weights of a lenet net: 10 weights missing (0.bias, 0.weight, 11.bias, ...)"),

@@ -108,6 +108,26 @@ def test_a_card_without_a_proper_environment_record_says_unknown(model_file, tmp
     assert "environment   unknown (a model file older than the record)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("damage", [{"params": ["lenet", 2]}, {"params": "lenet"}, {"params": {"lr": torch.zeros(2)}},
+                                    {"params": {("a", "b"): 1}}, {"epoch": torch.zeros(2)}, {"val_acc": "0.9"},
+                                    {"data_sha256": "ab\nc\x1b[2J"}, {"data_sha256": 7}])
+def test_a_card_of_a_file_from_elsewhere_prints_what_it_can_and_unknown_for_the_rest(model_file, tmp_path, capsys,
+                                                                                   damage):
+    """Found by fuzzing (fuzz/corpus/model/damaged-params.pkl): a model file whose params weren't a
+    dict stopped `--info` with an AttributeError, and a tensor anywhere in the card stopped `--info --json`."""
+    record = torch.load(model_file, weights_only=True)
+    record.update(damage)
+    path = tmp_path / "model.pt"
+    torch.save(record, path)
+    assert cli(["--info", "--model", str(path)]) == 0
+    card = capsys.readouterr().out
+    assert card.count("\n") == 9 and card.replace("\n", "").isprintable(), card
+    assert cli(["--info", "--json", "--model", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    key = next(iter(damage))
+    assert info[{"epoch": "best_epoch"}.get(key, key)] is None
+
+
 def test_fmnist_predict_is_a_console_script():
     """Installed as one by `pip install -e .` (make repro, make test), from pyproject.toml."""
     from importlib.metadata import entry_points

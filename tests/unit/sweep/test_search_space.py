@@ -76,6 +76,15 @@ def test_ranges_become_optuna_distributions_of_the_params_type():
     ("space:\n  train.lr: {low: 0.1, high: 1}\nprunner: {}\n", "prunner: unknown key (did you mean 'pruner'?)"),
     ("space:\n  train.lr: {low: 0.1, high: 1}\npruner: {percentile: 100}\n", "pruner.percentile: got 100"),
     ("space:\n  train.lr: {low: 0.1, high: 1\n", "sweep.yaml: not valid YAML"),
+    # Found by fuzzing (fuzz/corpus/sweep/crash-float-tag.yaml, crash-empty-float.yaml): for a tag PyYAML
+    # can't construct, it raises ValueError, IndexError, KeyError or AttributeError, not a YAMLError.
+    ("!!float /tuple l[[", "sweep.yaml: not valid YAML: could not convert string to float"),
+    ("space:\n  train.lr: {!!float , high: 2}\n", "sweep.yaml: not valid YAML: string index out of range"),
+    ("space: {train.augment: {choices: [!!bool maybe, true]}}\n", "sweep.yaml: not valid YAML: 'maybe'"),
+    # Found by fuzzing (fuzz/corpus/sweep/crash-format-character.yaml): what the file holds is quoted printable.
+    ("space: {train.lr: [\u06dd\n", r"not valid YAML: while parsing a flow sequence in "),
+    ("space: {train.lr: [\u06dd\n", r"column 19: space: {train.lr: [\u06dd ^ expected"),
+    ('space: {"train.lr\\x1b[2J": {low: 1, high: 2}}\n', r"space.train.lr\x1b[2J: unknown param"),
 ])
 def test_bad_space_files_are_one_line_naming_the_entry(text, expected):
     message = refused(text)

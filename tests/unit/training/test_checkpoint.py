@@ -146,6 +146,9 @@ DAMAGED_CHECKPOINTS = {
     "best accuracy changed": (_set("best", "val_acc", 2.0), "doesn't match the history"),
     "best weights an extra key": (_set("best", "state_dict", "extra", torch.zeros(1)),
                                   "best weights: 1 unexpected weights (extra)"),
+    # Found by fuzzing (fuzz/corpus/model/crash-unprintable-weight-name.pkl): a weight's name is quoted printable.
+    "a weight named with an escape": (_set("best", "state_dict", "\x1b[2J", torch.zeros(1)),
+                                      "best weights: 1 unexpected weights (\\x1b[2J)"),
     "weights of the wrong shape": (_set("state_dict", "0.weight", torch.zeros(2, 2)), "weights: weight 0.weight is"),
     "NaN weights": (_set("state_dict", "0.weight",
                          lambda c: torch.full_like(c["state_dict"]["0.weight"], float("nan"))),
