@@ -3,6 +3,7 @@ confusion rows, and the mistakes grid: the most confident mistakes first, each w
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pytest
 
@@ -42,6 +43,7 @@ def one_hot(preds: np.ndarray) -> np.ndarray:
     return probs
 
 
+@pytest.mark.filterwarnings("error")
 def test_summarize_gives_accuracy_the_loss_given_and_macro_f1_over_all_ten_classes():
     summary = summarize(LABELS, one_hot(PREDS), np.float32(0.25))
     assert list(summary) == ["test_acc", "test_loss", "test_f1_macro"]
@@ -57,7 +59,8 @@ def test_summarize_of_an_all_wrong_set_is_zero_not_an_error():
     assert summary["test_acc"] == 0.0 and summary["test_f1_macro"] == 0.0
 
 
-def test_the_per_class_table_has_a_row_a_class_in_label_order_rounded_to_four_places():
+@pytest.mark.filterwarnings("error")  # classes never predicted or absent score 0 without a warning
+def test_the_per_class_table_has_a_row_a_class_in_label_order():
     table = per_class_table(LABELS, PREDS)
     assert list(table.columns) == ["class", "precision", "recall", "f1", "support"]
     assert table["class"].tolist() == list(CLASSES)
@@ -66,6 +69,12 @@ def test_the_per_class_table_has_a_row_a_class_in_label_order_rounded_to_four_pl
     assert table["recall"].tolist()[:3] == [0.5, 1.0, 0.0]
     assert table["f1"].tolist()[:3] == [0.6667, 0.6667, 0.0]  # 2/3 rounded to 4 places
     assert (table[["precision", "recall", "f1"]].iloc[3:] == 0).all().all()  # no division by zero: 0
+
+
+def test_precision_recall_and_f1_are_rounded_to_four_places():
+    labels, preds = np.array([0, 0, 0, 1, 1, 1, 1, 2]), np.array([0, 1, 1, 1, 1, 0, 0, 2])
+    first = per_class_table(labels, preds).iloc[0]  # class 0: 1 right of 3 predicted, of 3 there
+    assert (first["precision"], first["recall"], first["f1"]) == (0.3333, 0.3333, 0.3333)
 
 
 def test_confusion_rows_name_the_actual_and_predicted_class_of_each_image():
@@ -88,7 +97,7 @@ def test_the_grid_is_five_wide_with_as_many_rows_as_needed_and_sized_to_fit():
     assert tuple(fig.get_size_inches()) == pytest.approx((11.0, 5.4))
     assert [int(a[0, 0]) for a in shown(fig)] == [0, 1, 2, 3, 4, 5, 6]  # the first n, in order
     assert all(not ax.axison for ax in fig.axes)
-    image = fig.axes[0].images[0]
+    image = fig.axes[3].images[0]  # all 3s: black and white are still 0 and 255
     assert image.get_cmap().name == "gray_r" and image.get_clim() == (0, 255)
     assert fig.axes[0].title.get_fontsize() == 8 and fig._suptitle.get_fontsize() == 10
     assert fig.get_suptitle() == "Misclassified test images\ntrue -> predicted"
@@ -110,6 +119,12 @@ def test_no_mistakes_is_one_empty_frame_that_says_so():
     assert fig.get_suptitle() == "Most confident mistakes (test set)\ntrue -> predicted, and the probability given to it"
 
 
+def test_the_sizes_of_the_titles_are_the_grids_own_not_matplotlibs_defaults():
+    with matplotlib.rc_context({"font.size": 7, "figure.titlesize": 7}):
+        fig = misclassified_grid(np.zeros((1, 28, 28), np.uint8), np.array([1]), np.array([2]), 5)
+    assert fig.axes[0].title.get_fontsize() == 8 and fig._suptitle.get_fontsize() == 10
+
+
 def test_equally_confident_mistakes_keep_their_order():
     labels, preds = np.zeros(4, int), np.array([1, 2, 3, 0])
     probs = np.full((4, 10), 0.5)
@@ -117,3 +132,15 @@ def test_equally_confident_mistakes_keep_their_order():
     fig = misclassified_grid(images, labels, preds, 3, probs)
     assert [int(a[0, 0]) for a in shown(fig)] == [0, 1, 2]
     assert titles(fig)[0] == f"{CLASSES[0]}\n-> {CLASSES[1]} 0.50"
+
+
+def test_equally_confident_mistakes_keep_their_order_among_many():
+    """A stable sort: with 100 mistakes, quicksort (numpy's default) shuffles the ties."""
+    confidence = np.full(100, 0.5)
+    confidence[::7] = 0.9  # 15 very confident mistakes: 0, 7, 14, ...
+    preds = np.ones(100, int)
+    probs = np.zeros((100, 10))
+    probs[:, 1] = confidence
+    images = np.arange(100, dtype=np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8)
+    fig = misclassified_grid(images, np.zeros(100, int), preds, 8, probs)
+    assert [int(a[0, 0]) for a in shown(fig)] == [0, 7, 14, 21, 28, 35, 42, 49]
