@@ -45,9 +45,11 @@ from tqdm import tqdm
 from fmnist.model.classifier import Classifier, score
 from fmnist.model.device import pick_device, pick_dtype
 from fmnist.model.nets import build_model
+from fmnist.params import parse_params
 from fmnist.raw import RAW_FILES, read_raw_split
+from fmnist.serve.provenance import pipeline_paths
 from fmnist.splits import split_train_val
-from fmnist.training.loop import CHECK_EVERY, Settings, build, fit
+from fmnist.training.loop import CHECK_EVERY, build, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 # Test accuracies whose time is reported: the tutorial's (89%), 94% for both profiles, and
@@ -115,7 +117,7 @@ def run_reference(raw: Path, epochs: int = 5) -> dict:
 def pipeline() -> tuple[dict, dict]:
     """dvc.yaml's stages and its vars (the paths the stages are given)."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    return spec["stages"], {k: v for block in spec.get("vars", []) for k, v in block.items()}
+    return spec["stages"], pipeline_paths(ROOT)
 
 
 def stage_command(stage: str) -> list[str]:
@@ -165,46 +167,39 @@ def run_stages(prepared: Path, params: dict) -> dict:
 
 # --- a profile in this process: when does it reach each of TARGETS? ---------------
 
-class _Reached(Exception):
-    pass
-
-
 def time_to_target(raw: Path, params: dict) -> dict:
     """Train with fmnist.training.loop.fit (the train stage's own loop), scoring the test set every
     CHECK_EVERY steps off the clock, until test accuracy reaches the last of TARGETS; the
     seconds it took to reach each (None: not reached)."""
-    p, data = params["train"], {}
+    params = parse_params(params, "the profile's params")
+    p, data = params.train, {}
     for split in ("train", "test"):
         data[split] = read_raw_split(raw, split)
-    train_idx, val_idx = split_train_val(len(data["train"][1]), params["data"]["val_size"], params["data"]["seed"])
-    device = pick_device(p["device"])
-    dtype = pick_dtype(p["precision"], device)
+    train_idx, val_idx = split_train_val(len(data["train"][1]), params.data.val_size, params.data.seed)
+    device = pick_device(p.device)
+    dtype = pick_dtype(p.precision, device)
     images, labels = data["train"]
     train = images[train_idx].to(device), labels[train_idx].to(device)
     val = images[val_idx].to(device), labels[val_idx].to(device)
     clock = {"start": time.perf_counter(), "paused": 0.0, "steps": 0, "reached": dict.fromkeys(map(str, TARGETS))}
 
-    def test_score(epoch: int, step: int) -> None:  # off the clock
+    def test_score(epoch: int, step: int) -> bool:  # off the clock; True (stop) at the last target
         t = time.perf_counter()
         elapsed = t - clock["start"] - clock["paused"]
         clock["steps"] += step % CHECK_EVERY or CHECK_EVERY
         kept = state.ema.module if state.ema is not None else state.net
-        result = score(Classifier(kept, mirror=params["evaluate"]["tta"]), *data["test"], device=device,
-                       batch_size=params["evaluate"]["batch_size"], dtype=dtype)
+        result = score(Classifier(kept, mirror=params.evaluate.tta), *data["test"], device=device,
+                       batch_size=params.evaluate.batch_size, dtype=dtype)
         clock["paused"] += time.perf_counter() - t
         for target in TARGETS:
             if result.accuracy >= target and clock["reached"][str(target)] is None:
                 clock["reached"][str(target)] = elapsed
-        if result.accuracy >= TARGETS[-1]:
-            raise _Reached
+        return result.accuracy >= TARGETS[-1]
 
-    state = build(p, len(train[1]), device)
-    try:
-        fit(state, train, val, Settings.from_params(p, device, dtype, progress_bar=False), on_step=test_score)
-    except _Reached:
-        pass
+    state = build(p, len(train[1]), device, dtype)
+    fit(state, train, val, p, should_stop=test_score)
     seconds = time.perf_counter() - clock["start"] - clock["paused"]
-    return {"seconds_to": clock["reached"], "images_per_second": clock["steps"] * p["batch_size"] / seconds}
+    return {"seconds_to": clock["reached"], "images_per_second": clock["steps"] * p.batch_size / seconds}
 
 
 def one(args) -> None:

@@ -30,20 +30,20 @@ def main() -> None:
         parser.add_argument(name, type=Path)
     args = parser.parse_args()
     params = load_params()
-    p = params["evaluate"]
+    p = params.evaluate
 
     images, labels = load_nonempty_split(args.prepared / "test.pt", "test")
     net, record = load_model(args.model)
-    device = pick_device(params["train"]["device"])
-    dtype = pick_dtype(params["train"]["precision"], device)
-    classifier = Classifier(to_device_layout(net, device), mirror=p["tta"])
-    result = score(classifier, images, labels, device=device, batch_size=p["batch_size"], dtype=dtype,
+    device = pick_device(params.train.device)
+    dtype = pick_dtype(params.train.precision, device)
+    classifier = Classifier(to_device_layout(net, device), mirror=p.tta)
+    result = score(classifier, images, labels, device=device, batch_size=p.batch_size, dtype=dtype,
                    bar="scoring the test set")
     labels, probs = labels.numpy(), result.probs.numpy()
     preds = probs.argmax(1)
     summary = summarize(labels, probs, result.loss)
     table, confusion = per_class_table(labels, preds), confusion_rows(labels, preds)
-    grid = figure_bytes(misclassified_grid(images.numpy(), labels, preds, p["misclassified"], probs))
+    grid = figure_bytes(misclassified_grid(images.numpy(), labels, preds, p.misclassified, probs))
 
     # Everything is computed before the first write, so only a failing disk can leave a mix.
     write_json(args.metrics, summary)

@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="the trained model (models/model.pt)")
     parser.add_argument("out", type=Path, help="the ONNX file to write (models/model.onnx)")
     args = parser.parse_args()
-    tta = load_params()["evaluate"]["tta"]
+    tta = load_params().evaluate.tta
 
     source = read_model_bytes(args.model, "run the train stage first (dvc repro)")
     net, record = model_from_bytes(source, str(args.model))

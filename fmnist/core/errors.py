@@ -12,6 +12,7 @@ Anything else is a bug: one line too, and the traceback with FMNIST_DEBUG=1.
 
 from __future__ import annotations
 
+import difflib
 import os
 import signal
 import sys
@@ -47,6 +48,12 @@ def shown(value: object, limit: int = 80) -> str:
     a long list found in a damaged file must not break the one-line rule."""
     text = " ".join(repr(value).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """ " (did you mean 'x'?)" naming the known name closest to a mistyped `name`, or ""."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def reason(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ before it is read.
 from __future__ import annotations
 
 import io
+import json
 import pickletools
 import zipfile
 from pathlib import Path
@@ -39,7 +40,6 @@ from fmnist.core.errors import DataError, shown
 from fmnist.core.io import read_bytes, read_stream, save_torch, torch_from_bytes
 from fmnist.model.nets import ARCHITECTURES, build_model, weights_problem
 
-MODEL_FILE = "models/model.pt"  # where the train stage writes it (dvc.yaml: vars.model)
 MODEL_HINT = "re-create it with `dvc repro --force train` (or `dvc checkout` to restore the cached one)"
 REQUIRED = ("state_dict", "model", "classes")
 MODEL_WHAT = "a model file of this project"
@@ -61,6 +61,7 @@ MAX_MODEL_BYTES = max(map(weights_bytes, ARCHITECTURES)) + (1 << 20)
 def save_model(path: Path, state_dict: dict, *, params: dict, epoch: int, val_acc: float, data_sha256: str,
                environment: dict[str, str]) -> None:
     """Write the model file: the weights and what they were trained with (the table above)."""
+    params = json.loads(json.dumps(params))  # plain data, shared with no other object of the file
     save_torch(path, {
         "state_dict": state_dict, "model": params["model"], "classes": list(CLASSES),
         "params": params, "epoch": epoch, "val_acc": val_acc, "data_sha256": data_sha256,

@@ -37,8 +37,8 @@ from fmnist.model.classifier import Classifier, probabilities, top_k
 from fmnist.core.errors import DataError, run
 from fmnist.serve.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
 from fmnist.core.io import md5_hex, open_bounded
-from fmnist.model.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes, read_model_bytes
-from fmnist.serve.provenance import first_commit_recording, read_model_bytes_at
+from fmnist.model.model_file import MODEL_HINT, card, model_from_bytes, read_model_bytes
+from fmnist.serve.provenance import first_commit_recording, model_path, read_model_bytes_at
 
 BATCH = 256  # pictures decoded, classified and printed at a time
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="exit codes: 0 all pictures classified, 1 a picture or the model could not be read, "
                "2 bad arguments")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, metavar="PATH", help=f"a model file (default: {MODEL_FILE})")
+    source.add_argument("--model", type=Path, metavar="PATH", help="a model file (default: dvc.yaml's vars.model, models/model.pt)")
     source.add_argument("--rev", help="a git commit, branch or tag, or a registered version such as "
                                       "fashion-classifier@v1.0.0: its model, read through DVC")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -76,7 +76,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
         commit = where["commit"]
         hint = f"the copy DVC holds for {args.rev} is not a model of this project"
     else:
-        path = args.model or Path(MODEL_FILE)
+        path = args.model or Path(model_path())
         if args.model is not None:
             hint = "expected a model file of this project (models/model.pt)"
         elif path.exists():

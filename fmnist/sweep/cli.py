@@ -32,9 +32,9 @@ from optuna.trial import TrialState
 
 from fmnist.core.errors import DataError, ParamError, PipelineError, Terminated, run
 from fmnist.core.io import write_text
-from fmnist.params import check_params
+from fmnist.params import value_of
 from fmnist.serve.provenance import git, git_commit
-from fmnist.sweep.search_space import SPACE_FILE, inside, load_space, override_value, overrides, parse_fixed, with_fixed
+from fmnist.sweep.search_space import SPACE_FILE, check_params, inside, load_space, override_value, overrides, parse_fixed, with_fixed
 from fmnist.sweep.study import (
     DEFAULTS, EXPERIMENT, FAILURE, INTERRUPTED, LOG, RERUN_OF, WORKER, StudyLock, Worker, default_storage_url,
     fail_lost_trials, heartbeats, open_storage, open_study, plan_trials, rerun_attrs, shown_url, storage_url,
@@ -427,7 +427,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     def on_create(study: optuna.Study) -> None:  # the first trial: params.yaml's own values
         defaults = with_fixed(base, fixed)
-        values = {name: defaults[name.split(".")[0]][name.split(".", 1)[1]] for name in config.distributions}
+        values = {name: value_of(defaults, name) for name in config.distributions}
         if all(inside(d, values[name]) for name, d in config.distributions.items()):
             study.enqueue_trial(values, user_attrs={DEFAULTS: True})
 

@@ -23,8 +23,6 @@ whose ends (each checked, as are all choices) fmnist.params.check_params would r
 
 from __future__ import annotations
 
-import copy
-import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -34,8 +32,10 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fmnist.core.errors import ParamError, shown
-from fmnist.params import SCHEMA, check_params
+from fmnist.core.errors import ParamError, did_you_mean, shown
+from fmnist.model.nets import check_name
+from fmnist.params import allowed, kind_of, leaves, with_value
+from fmnist.params import check_params as check_values
 
 SPACE_FILE = "sweep.yaml"
 MAX_BYTES = 1_000_000  # a space file is a few lines; refuse to decode anything far larger
@@ -91,25 +91,25 @@ def _name(key: Any) -> str:
     return " ".join(str(key).split())[:40]
 
 
+def check_params(params: Any) -> list[str]:
+    """params.yaml's checks, and that train.model names a registered net (fmnist/model/nets.py):
+    a trial's params must train, so the sweep checks what the train stage would."""
+    errors = check_values(params)
+    if not errors:
+        try:
+            check_name(params["train"]["model"])
+        except ParamError as exc:
+            errors = [str(exc)]
+    return errors
+
+
 def known_params() -> list[str]:
-    return [f"{section}.{key}" for section, rules in SCHEMA.items() for key in rules]
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _set(params: dict, name: str, value: Any) -> dict:
-    section, key = name.split(".", 1)
-    out = copy.deepcopy(params)
-    out[section][key] = value
-    return out
+    return list(leaves())
 
 
 def _refused(params: dict, name: str, value: Any) -> str | None:
     """What the params checks say about `name` = `value` on top of `params`, or None."""
-    errors = check_params(_set(params, name, value))
+    errors = check_params(with_value(params, name, value))
     return errors[0] if errors else None
 
 
@@ -138,14 +138,14 @@ def parse_fixed(items: list[str], base: dict) -> dict[str, Any]:
         if ":" in name:
             raise ParamError(f"-S {item}: only params.yaml's params can be set (no file: prefix)")
         if name not in known:
-            raise ParamError(f"-S {item}: unknown param{_suggest(name, known)}")
+            raise ParamError(f"-S {item}: unknown param{did_you_mean(name, known)}")
         value = parse_value(text.strip())
         if (name, value) in (("train.resume", True),) or (name == "train.nproc" and value != 1):
             raise ParamError(f"-S {item}: a sweep can't set {name}: {NOT_SEARCHABLE[name]}")
         fixed[name] = value
     params = base
     for name, value in fixed.items():
-        params = _set(params, name, value)
+        params = with_value(params, name, value)
     errors = check_params(params)
     if errors:
         raise ParamError(f"-S {', '.join(items)}: {errors[0]}")
@@ -155,7 +155,7 @@ def parse_fixed(items: list[str], base: dict) -> dict[str, Any]:
 def with_fixed(base: dict, fixed: dict[str, Any]) -> dict:
     params = base
     for name, value in fixed.items():
-        params = _set(params, name, value)
+        params = with_value(params, name, value)
     return params
 
 
@@ -176,7 +176,7 @@ def _dimension(where: str, name: str, entry: Any, kind: type, params: dict) -> B
                          f"got {shown(entry)}")
     for key in entry:
         if key not in (*RANGE_KEYS, "choices"):
-            raise ParamError(f"{where}.{_name(key)}: unknown key{_suggest(str(key), [*RANGE_KEYS, 'choices'])}; "
+            raise ParamError(f"{where}.{_name(key)}: unknown key{did_you_mean(str(key), [*RANGE_KEYS, 'choices'])}; "
                              f"known keys: {', '.join((*RANGE_KEYS, 'choices'))}")
     if "choices" in entry:
         extra = [k for k in entry if k != "choices"]
@@ -196,7 +196,7 @@ def _dimension(where: str, name: str, entry: Any, kind: type, params: dict) -> B
                 raise ParamError(f"{where}.choices: {shown(choice)} is refused by the params checks: {problem}")
         return CategoricalDistribution(choices)
     if kind not in (int, float):
-        raise ParamError(f"{where}: {name} takes {SCHEMA[name.split('.')[0]][name.split('.')[1]].allowed}: "
+        raise ParamError(f"{where}: {name} takes {allowed(name)}: "
                          f"give choices: [...], not a range")
     missing = [k for k in ("low", "high") if k not in entry]
     if missing:
@@ -236,7 +236,7 @@ def _settings(path: str, section: str, given: Any, defaults: dict) -> dict:
     out = dict(defaults)
     for key, value in given.items():
         if key not in defaults:
-            raise ParamError(f"{path}: {section}.{_name(key)}: unknown key{_suggest(str(key), list(defaults))}; "
+            raise ParamError(f"{path}: {section}.{_name(key)}: unknown key{did_you_mean(str(key), list(defaults))}; "
                              f"known keys: {', '.join(defaults)}")
         if key == "percentile":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100:
@@ -262,7 +262,7 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
         raise ParamError(f"{path}: expected a mapping with a 'space' of params to search, got {shown(doc)}")
     for key in doc:
         if key not in TOP_KEYS:
-            raise ParamError(f"{path}: {_name(key)}: unknown key{_suggest(str(key), list(TOP_KEYS))}; "
+            raise ParamError(f"{path}: {_name(key)}: unknown key{did_you_mean(str(key), list(TOP_KEYS))}; "
                              f"known keys: {', '.join(TOP_KEYS)}")
     space = doc["space"]
     if not isinstance(space, dict) or not space:
@@ -274,15 +274,14 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
     for name, entry in space.items():
         where = f"{path}: space.{_name(name)}"
         if not isinstance(name, str) or name not in known:
-            raise ParamError(f"{where}: unknown param{_suggest(str(name), known)}; params are section.key, "
+            raise ParamError(f"{where}: unknown param{did_you_mean(str(name), known)}; params are section.key, "
                              f"as -S names them")
-        section, key = name.split(".", 1)
-        reason = NOT_SEARCHABLE.get(name) or NOT_SEARCHABLE.get(section)
+        reason = NOT_SEARCHABLE.get(name) or NOT_SEARCHABLE.get(name.split(".")[0])
         if reason:
             raise ParamError(f"{where}: {name} can't be searched: {reason}")
         if name in fixed:
             continue  # -S wins, as with `dvc exp run -S`
-        distributions[name] = _dimension(where, name, entry, SCHEMA[section][key].kind, params)
+        distributions[name] = _dimension(where, name, entry, kind_of(name), params)
     if not distributions:
         raise ParamError(f"{path}: every param of the space is fixed by -S: nothing left to search")
     sampler = _settings(path, "sampler", doc.get("sampler"), SAMPLER_KEYS)

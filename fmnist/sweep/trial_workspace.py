@@ -29,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from fmnist.core.errors import PipelineError
+from fmnist.serve.provenance import pipeline_paths
 
 SWEEP_DIR = ".dvc/tmp/sweep"  # git-ignored (DVC's tmp), beside the default SQLite storage
 STOP_ENV = "FMNIST_STOP_FILE"  # the train stage stops after its last whole epoch once this file exists
@@ -70,21 +70,6 @@ def last_error(log: Path) -> str:
         if found:
             return found[-1][:300]
     return lines[-1][:300] if lines else "the log is empty"
-
-
-def pipeline_paths(root: Path) -> dict[str, str]:
-    """Where the train stage writes its summary and evaluate its test metrics: dvc.yaml's
-    vars, so the paths are named in one place."""
-    try:
-        doc = yaml.safe_load((root / "dvc.yaml").read_text())
-        found = {}
-        for item in doc.get("vars", []):
-            if isinstance(item, dict):
-                found.update(item)
-        return {"train_summary": found["train_summary"], "eval": found["eval"]}
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
-        raise PipelineError(f"{root / 'dvc.yaml'}: expected vars train_summary and eval "
-                            f"(the files a sweep reads): {exc}") from None
 
 
 def _pgrp(pid: str) -> int | None:
@@ -149,7 +134,7 @@ class Workspace:
         self._lock_path, self._pgid_path = folder / f"{index}.lock", folder / f"{index}.pgid"
         self.stop_file = folder / f"{index}.stop"
         self._lock = None
-        self.paths = pipeline_paths(root)
+        self.paths = pipeline_paths(root, "train_summary", "eval")
 
     @classmethod
     def take(cls, root: Path, count: int) -> list["Workspace"]:

@@ -30,6 +30,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, flip: bool = T
     Every draw comes from `generator` (a CPU generator), the same number of draws per
     batch whatever the settings' outcome, so a batch is augmented alike on every device.
     """
+    if not (flip or shift or erase):
+        return x  # no draws either: a run without augmentation draws nothing
     n, device = x.shape[0], x.device
     if flip:
         flipped = (torch.rand(n, generator=generator) < 0.5).to(device)

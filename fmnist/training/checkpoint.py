@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -25,7 +27,11 @@ from fmnist.training.distributed import World
 from fmnist.core.errors import DataError
 from fmnist.core.io import load_torch
 from fmnist.model.nets import weights_problem
-from fmnist.training.loop import HISTORY_KEYS, Progress, TrainState
+from fmnist.training.distributed import steps_per_epoch
+from fmnist.training.loop import HISTORY_KEYS, Progress, TrainState, build
+
+if TYPE_CHECKING:
+    from fmnist.params import Train
 
 class ResumeError(ValueError):
     """A checkpoint can't be resumed (the message says why); the caller starts afresh."""
@@ -36,12 +42,30 @@ class ResumeError(ValueError):
 NOT_RESULT_PARAMS = ("resume", "device", "compile", "max_restarts")
 
 
-def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor, world_size: int) -> dict:
+def run_key(p: Train, images: torch.Tensor, labels: torch.Tensor, world_size: int) -> dict:
     """What a checkpoint must match to be resumed: the params that shape results, the
     number of processes (it decides each one's shard) and the data."""
     digest = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
-    return {"params": {k: v for k, v in p.items() if k not in NOT_RESULT_PARAMS}, "world": world_size,
-            "data_sha256": digest}
+    params = json.loads(p.model_dump_json(exclude=set(NOT_RESULT_PARAMS)))  # plain data, as the file holds it
+    return {"params": params, "world": world_size, "data_sha256": digest}
+
+
+def start(p: Train, path: Path, key: dict, n_train: int, device: torch.device, dtype: torch.dtype | None,
+          world: World) -> tuple[TrainState, Progress | None]:
+    """A fresh run, or, with train.resume or after torchrun restarted the workers, the
+    checkpoint's at `path` when it matches `key` (rank 0 reads it and shares it)."""
+    state = build(p, n_train, device, dtype, world)
+    if not (p.resume or world.restart):
+        return state, None
+    progress = None
+    if world.main:
+        if world.restart:
+            print(f"torchrun restarted the workers (restart {world.restart}); resuming from the last checkpoint")
+        progress = resume(path, key, state, steps_per_epoch(n_train, p.batch_size, world.size))
+    progress = share_restored(progress, state, world)
+    if progress is None:  # a failed restore may have loaded part of the state
+        state = build(p, n_train, device, dtype, world)
+    return state, progress
 
 
 def max_checkpoint_bytes(net: torch.nn.Module, epochs: int) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import yaml
 
+from fmnist.params import Train
 from helpers import ROOT
 
 RAW_NAMES = {
@@ -23,10 +24,10 @@ TINY_PARAMS = {
 }
 
 
-def train_params(**overrides) -> dict:
-    """params.yaml's train section for a quick CPU run (fp32, lr 0.05), with `overrides`."""
+def train_params(**overrides) -> Train:
+    """params.yaml's train section for a quick CPU run (fp32, lr 0.05), with `overrides`, checked."""
     train = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
-    return {**train, "device": "cpu", "precision": "fp32", "lr": 0.05, **overrides}
+    return Train.model_validate({**train, "device": "cpu", "precision": "fp32", "lr": 0.05, **overrides})
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

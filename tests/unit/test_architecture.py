@@ -112,3 +112,11 @@ def test_every_module_of_the_package_is_on_the_architecture_page():
     package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fmnist").rglob("*.py")
                if p.name != "__init__.py"}
     assert listed == package
+
+
+def test_stage_scripts_are_thin_a_main_of_forty_lines_at_most():
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+        length = main.end_lineno - main.lineno + 1
+        assert length <= 40, f"{script.name}: main is {length} lines; move the work into the package"

@@ -481,7 +481,7 @@ def test_a_prepared_split_far_larger_than_the_data_set_is_refused_unread(tmp_pat
 
 def test_a_checkpoint_far_larger_than_the_run_s_is_named_and_training_starts_afresh(tmp_path, capsys):
     net = build_model("cnn3v2")
-    state = TrainState(net, net, None, None, None)  # what resume reads before the file: the net's size
+    state = TrainState(net, net, None, None, None, torch.device("cpu"))  # what resume reads before the file: the net's size
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"PK\x03\x04")
     limit = max_checkpoint_bytes(net, 15)

@@ -58,7 +58,7 @@ def test_ranges_become_optuna_distributions_of_the_params_type():
     ("space:\n  train.lr: {low: 0.5, high: 0.5}\n", "use -S train.lr=VALUE"),
     ("space:\n  train.label_smoothing: {low: 0, high: 0.2, log: true}\n", "a log scale needs low above 0, got 0"),
     ("space:\n  train.shift: {low: 0.5, high: 2}\n", "space.train.shift.low: got 0.5, but the param takes integers"),
-    ("space:\n  train.model: {low: 1, high: 2}\n", "train.model takes one of cnn3v2"),
+    ("space:\n  train.model: {low: 1, high: 2}\n", "train.model takes the name of a net registered in fmnist/model/nets.py: give choices"),
     ("space:\n  train.model: {choices: [cnn3]}\n", "expected a list of at least two values"),
     ("space:\n  train.model: {choices: [cnn3, cnn3]}\n", "lists a value twice"),
     ("space:\n  train.lr: {choices: [0.1, 0.2], low: 0.1}\n", "choices and low can't go together"),

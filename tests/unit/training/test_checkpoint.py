@@ -26,11 +26,13 @@ from helpers.data import synthetic, tiny
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.training.distributed import steps_per_epoch
 from fmnist.core.io import torch_bytes
-from fmnist.training.loop import Settings, build, fit
+from fmnist.params import Train
+from fmnist.training.loop import build, fit
 
 CPU = torch.device("cpu")
 TRAIN = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
-P = {**TRAIN, "model": "lenet", "epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu", "precision": "fp32"}
+P = Train.model_validate({**TRAIN, "model": "lenet", "epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu",
+                          "precision": "fp32"})
 KEY = {"params": "the train params", "world": 1, "data_sha256": "abc"}
 
 
@@ -39,7 +41,7 @@ def tiny_data():
     return (x[:40], y[:40].long()), (x[40:], y[40:].long())
 
 
-ADAMW = {**P, "optimizer": "adamw", "lr": 0.01}
+ADAMW = P.model_copy(update={"optimizer": "adamw", "lr": 0.01})
 
 
 def fresh(p: dict = P):
@@ -48,20 +50,18 @@ def fresh(p: dict = P):
 
 
 def steps(p: dict = P) -> int:
-    return steps_per_epoch(40, p["batch_size"])
+    return steps_per_epoch(40, p.batch_size)
 
 
-def loop_settings(p: dict) -> Settings:
-    return Settings.from_params(p, CPU, None, progress_bar=False)
 
 
 def _genuine(p: dict):
     train, val = tiny_data()
     state = fresh(p)
-    progress = fit(state, train, val, loop_settings({**p, "epochs": 1}))
+    progress = fit(state, train, val, p.model_copy(update={"epochs": 1}))
     saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, state))), weights_only=True)
     state = fresh(p)
-    straight = fit(state, train, val, loop_settings(p))
+    straight = fit(state, train, val, p)
     return saved, state.net.state_dict(), straight
 
 
@@ -82,7 +82,7 @@ def resume_and_finish(checkpoint, p: dict = P):
     train, val = tiny_data()
     state = fresh(p)
     progress = restore(checkpoint, KEY, state, steps(p))
-    progress = fit(state, train, val, loop_settings(p), progress)
+    progress = fit(state, train, val, p, progress)
     return state.net, progress
 
 
@@ -98,20 +98,21 @@ def test_a_genuine_checkpoint_resumes_to_the_uninterrupted_weights(request, opti
 def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
     """With flips, shifts and erasing, with and without the moving average: the checkpoint
     fit() hands the train stage after epoch 2 of 3 ends with the same best weights."""
-    p = {**TRAIN, "epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu", "ema": ema, "shift": 1, "erase": 0.3}
+    p = Train.model_validate({**TRAIN, "epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu", "ema": ema,
+                              "shift": 1, "erase": 0.3})
     train, val = tiny(160), tiny(40, seed=3)
     saved = {}
 
     def run(checkpoint=None):
         state = build(p, len(train[1]), CPU)
-        steps = steps_per_epoch(len(train[1]), p["batch_size"])
+        steps = steps_per_epoch(len(train[1]), p.batch_size)
         progress = restore(checkpoint, "key", state, steps) if checkpoint else None
 
         def on_epoch(progress, seconds):  # what the train stage's checkpoint holds
             if progress.epoch == 2 and checkpoint is None:
                 saved.update(copy.deepcopy(checkpoint_state(progress, "key", state)))
 
-        return fit(state, train, val, Settings.from_params(p, CPU, None, progress_bar=False), progress, on_epoch)
+        return fit(state, train, val, p, progress, on_epoch)
 
     straight = run()
     resumed = run(checkpoint=saved)
@@ -190,4 +191,4 @@ def test_any_value_anywhere_in_a_checkpoint_is_refused_or_trains_on(request, opt
     except ResumeError as exc:
         one_line(str(exc))
     else:
-        assert progress.epoch == P["epochs"] and progress.best["state_dict"] is not None
+        assert progress.epoch == P.epochs and progress.best["state_dict"] is not None

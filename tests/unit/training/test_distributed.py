@@ -13,6 +13,7 @@ import yaml
 
 from helpers import ROOT
 from fmnist.training import loop as training
+from fmnist.params import Train
 from fmnist.training.distributed import World, _fresh_namespace
 from fmnist.model.nets import build_model
 
@@ -49,11 +50,11 @@ def test_a_restart_gets_a_store_namespace_no_dead_worker_wrote_to():
 
 def test_batchnorm_is_synced_across_processes_on_cuda_only(monkeypatch):
     """SyncBatchNorm where the backend runs it (CUDA); plain BatchNorm on CPU and alone."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    p = Train.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["train"])
     monkeypatch.setattr(training, "to_device_layout", lambda net, device: net)  # no GPU here
     monkeypatch.setattr(training, "wrap_ddp", lambda model, device, world: model)  # nor a process group
     for device, world, synced in (("cuda", World(0, 2), True), ("cpu", World(0, 2), False), ("cuda", World(), False)):
-        net = training.build(p, 1000, torch.device(device), world).net
+        net = training.build(p, 1000, torch.device(device), None, world).net
         kinds = {type(m) for m in net.modules()}
         assert (torch.nn.SyncBatchNorm in kinds) == synced and (torch.nn.BatchNorm2d in kinds) != synced
 

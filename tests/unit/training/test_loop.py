@@ -16,23 +16,22 @@ from fmnist.model.device import pick_device, pick_dtype, to_device_layout
 from fmnist.training.distributed import steps_per_epoch
 from fmnist.core.errors import TrainingDiverged
 from fmnist.model.nets import build_model
-from fmnist.training.loop import Settings, TrainState, build, lr_factor, seed_everything, train_epoch
+from fmnist.training.loop import TrainState, build, lr_factor, seed_everything, train_epoch
 
 CPU = torch.device("cpu")
 
 
-def loop_settings(**overrides) -> Settings:
-    """The loop's settings for a tiny CPU run: flips on, label smoothing, no bar."""
-    values = {"epochs": 2, "batch_size": 32, "seed": 0, "augment": True, "shift": 0, "erase": 0.0,
-              "label_smoothing": 0.1, "device": CPU, "dtype": None, "progress_bar": False}
-    return Settings(**{**values, **overrides})
+def loop_params(**overrides):
+    """The train params of a tiny CPU run: flips on, label smoothing."""
+    return train_params(**{"epochs": 2, "batch_size": 32, "seed": 0, "augment": True, "shift": 0, "erase": 0.0,
+                           "label_smoothing": 0.1, **overrides})
 
 
-def plain_sgd(net: torch.nn.Module, lr: float, device: torch.device = CPU) -> TrainState:
+def plain_sgd(net: torch.nn.Module, lr: float, device: torch.device = CPU, dtype=None) -> TrainState:
     """`net` with SGD at a constant learning rate and no moving average."""
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     return TrainState(net, to_device_layout(net, device), opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0),
-                      None)
+                      None, device, dtype)
 
 
 def fit(seed: int, epochs: int = 2, lr: float = 0.05, model: str = "cnn"):
@@ -40,7 +39,7 @@ def fit(seed: int, epochs: int = 2, lr: float = 0.05, model: str = "cnn"):
     net = build_model(model)
     state = plain_sgd(net, lr)
     x, y = tiny()
-    losses = [train_epoch(state, x, y, e, loop_settings(seed=seed))[0] for e in range(1, epochs + 1)]
+    losses = [train_epoch(state, x, y, e, loop_params(seed=seed))[0] for e in range(1, epochs + 1)]
     return net, losses
 
 
@@ -73,10 +72,10 @@ def test_cuda_path_trains_with_data_on_the_device():
     seed_everything(0)
     dev = torch.device("cuda")
     net = build_model("cnn")
-    state = plain_sgd(net, 0.05, dev)
+    state = plain_sgd(net, 0.05, dev, torch.bfloat16)
     x, y = tiny()
     x, y = x.to(dev), y.to(dev)
-    loss, acc, _ = train_epoch(state, x, y, 1, loop_settings(device=dev, dtype=torch.bfloat16))
+    loss, acc, _ = train_epoch(state, x, y, 1, loop_params(device="cuda"))
     assert next(net.parameters()).is_cuda and loss == loss and 0 <= acc <= 1
     assert pick_device("auto").type == "cuda"
     if torch.cuda.is_bf16_supported():
@@ -99,6 +98,6 @@ def test_a_single_step_and_a_last_batch_of_one_image_train():
     for batch_size, expected in ((64, 1), (32, 2), (1, 33)):  # 33 = 32 + 1: a last batch of one image
         p = train_params(epochs=1, batch_size=batch_size)
         state = build(p, 33, CPU)
-        loss, acc, _ = train_epoch(state, x, y, 1, Settings.from_params(p, CPU, None, progress_bar=False))
+        loss, acc, _ = train_epoch(state, x, y, 1, p)
         assert state.scheduler.last_epoch == expected == steps_per_epoch(33, batch_size)
         assert math.isfinite(loss) and 0 <= acc <= 1
