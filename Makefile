@@ -1,6 +1,8 @@
 # Two commands get you going on a fresh clone (Python 3.10 to 3.13 and pip are all you need):
 #   make repro   set up .venv on first use, then run the whole pipeline (dvc repro)
 #   make test    set up .venv with the test extra on first use, then run the tests
+#   make lint    ruff check . alone (make test runs it too, as a test)
+#   make dashboard   optuna-dashboard on the sweep's study: http://127.0.0.1:8080 (docs/sweep.md)
 #   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
 #   make lock    re-resolve the lock (requirements/) after editing pyproject.toml's dependencies
 #   make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   a hyperparameter search (docs/sweep.md)
@@ -43,6 +45,8 @@ MUTATE_CHILDREN ?= 1
 help:
 	@echo "make repro   run the pipeline (creates .venv on first use)"
 	@echo "make test    run the test suite (creates .venv on first use)"
+	@echo "make lint    ruff check . alone (the test suite runs it too)"
+	@echo "make dashboard [STORAGE=sqlite:///.dvc/tmp/sweep/optuna.db] [DASHBOARD_PORT=8080]   a sweep's trials in the browser (docs/sweep.md)"
 	@echo "make bench   tutorial's training vs this project's: reports/bench.md"
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
 	@echo "make lock    re-resolve requirements/ from pyproject.toml (UPGRADE=1: newest releases)"
@@ -112,3 +116,20 @@ lock:
 # Every trial is a DVC experiment; the same command again continues the study (docs/sweep.md).
 sweep: $(VENV)/.installed
 	$(RUN) fmnist-sweep --trials $(TRIALS) --jobs $(JOBS) $(ARGS)
+
+# The linter alone, as [tool.ruff] in pyproject.toml configures it; `make test` runs it as a test
+# (tests/unit/test_lint.py), so that its findings show in the summary beside the rest.
+lint: $(VENV)/.installed-test
+	$(RUN) ruff check .
+
+# A sweep's study in the browser (docs/sweep.md): optuna-dashboard, locked with the test tools, on
+# 127.0.0.1 only. STORAGE: the sweep's --storage (default: fmnist-sweep's own); a shared one is
+# postgresql+psycopg://USER@HOST/DATABASE.
+STORAGE        ?= sqlite:///.dvc/tmp/sweep/optuna.db
+DASHBOARD_PORT ?= 8080
+dashboard: $(VENV)/.installed-test
+	@case '$(STORAGE)' in sqlite:///*) test -f '$(patsubst sqlite:///%,%,$(STORAGE))' || { \
+	  echo "no study at $(STORAGE): run a sweep first (make sweep), or name its storage with STORAGE=..." >&2; exit 1; };; esac
+	$(RUN) optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) '$(STORAGE)'
+
+.PHONY: lint dashboard

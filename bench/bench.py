@@ -255,8 +255,8 @@ def markdown(rows: list[dict]) -> str:
     ref_time = ref["train_seconds"]
     targets = [f"{t:.1%}".replace(".0%", "%") for t in TARGETS]
     lines = [
-        f"| run | seeds | test acc per seed (%) | mean (%) | min (%) | train stage (s) | evaluate stage (s) "
-        f"| train + evaluate (s) | " + " | ".join(f"time to {t} (s)" for t in targets) + " | peak RSS (MiB) "
+        "| run | seeds | test acc per seed (%) | mean (%) | min (%) | train stage (s) | evaluate stage (s) "
+        "| train + evaluate (s) | " + " | ".join(f"time to {t} (s)" for t in targets) + " | peak RSS (MiB) "
         f"| train / reference's time | train + evaluate / reference's time | time to {targets[0]} / reference's |",
         "|---|---|---|---|---|---|---|---|---|" + "---|" * len(TARGETS) + "---|---|---|",
     ]
@@ -273,10 +273,10 @@ def markdown(rows: list[dict]) -> str:
             f"| {_fraction(r['seconds_to'].get(first), ref['seconds_to'].get(first))} |").replace("%", ""))
     notes = [
         "",
-        f"The reference's times are its training loop's alone (no start-up, no data loading), its "
-        f"times to each accuracy are at epoch granularity and its accuracy is its last epoch's; the profiles' stage times "
-        f"are the `python stages/...` commands' wall times, start-up included, their times to each accuracy are "
-        f"scored every {CHECK_EVERY} steps.",
+        (f"The reference's times are its training loop's alone (no start-up, no data loading), its "
+         f"times to each accuracy are at epoch granularity and its accuracy is its last epoch's; the profiles' stage "
+         f"times are the `python stages/...` commands' wall times, start-up included, their times to each accuracy "
+         f"are scored every {CHECK_EVERY} steps."),
     ]
     notes.append("A dash: not reached (by every seed, for a mean).")
     return "\n".join(lines + notes) + "\n"

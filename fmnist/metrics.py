@@ -7,14 +7,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
 # Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
 # screen needed, nothing global changed for a notebook that imports this module.
 from matplotlib.figure import Figure
-import numpy as np
-import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from fmnist.core.dataset import CLASSES
+
 
 def summarize(labels: np.ndarray, probs: np.ndarray, loss: float) -> dict:
     """The headline test figures of metrics/eval.json: accuracy (a fraction), loss, macro F1."""
@@ -61,7 +63,7 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, preds: np.ndarray
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong):
+    for ax, i in zip(axes.flat, wrong, strict=False):  # the grid may have spare cells
         ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
         confidence = f" {probs[i, preds[i]]:.2f}" if probs is not None else ""
         ax.set_title(f"{CLASSES[labels[i]]}\n-> {CLASSES[preds[i]]}{confidence}", fontsize=8)

@@ -67,9 +67,7 @@ class Train(Section):
     momentum: Annotated[Number, Ge(0), Lt(1)]  # AdamW's beta1 must be < 1
     weight_decay: Annotated[Number, Ge(0), Le(1)]
     label_smoothing: Annotated[Number, Ge(0), Le(1)]
-    augment: bool                              # flip a random half of each batch left to right
-    shift: Annotated[int, Ge(0), Le(8)]        # pixels each image may move in each direction
-    erase: Annotated[Number, Ge(0), Le(1)]     # probability of blanking a random patch
+    augment: Augment
     ema: Annotated[Number, Ge(0), Le(0.9999)]  # 0: off
     seed: Seed
     device: Literal["auto", "cpu", "cuda", "mps"]
@@ -179,11 +177,13 @@ def _message(error: dict, given: Any) -> str:
     where = ".".join(" ".join(p.split())[:40] for p in path)
     model, field = _field(Params, path) if path else (Params, None)
     if not path:
-        return f"expected a mapping of sections ({', '.join(Params.model_fields)}) at the top, got {shown(error['input'])}"
+        sections = ", ".join(Params.model_fields)
+        return f"expected a mapping of sections ({sections}) at the top, got {shown(error['input'])}"
     if error["type"] == "extra_forbidden":
         known = list(model.model_fields) if model else []
         if len(path) == 1:
-            return f"unknown section {shown(path[0], 40)}{did_you_mean(path[0], known)}; known sections: {', '.join(known)}"
+            return (f"unknown section {shown(path[0], 40)}{did_you_mean(path[0], known)}; "
+                    f"known sections: {', '.join(known)}")
         return f"{where}: unknown key{did_you_mean(path[-1], known)}; known keys: {', '.join(known)}"
     if error["type"] == "missing":
         if len(path) == 1:

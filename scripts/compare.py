@@ -35,8 +35,14 @@ from fmnist.core.io import save_figure, write_text
 from fmnist.params import load_params
 from fmnist.serve.provenance import git, git_commit, pipeline_paths
 from fmnist.serve.report import (
-    CURVES, confusion_figure, confusion_matrix, curves_figure, metrics_table, per_class_f1_table,
-    render_markdown, verdict,
+    CURVES,
+    confusion_figure,
+    confusion_matrix,
+    curves_figure,
+    metrics_table,
+    per_class_f1_table,
+    render_markdown,
+    verdict,
 )
 
 # The pipeline's outputs it reads: dvc.yaml's `vars` (`live`: DVCLive's folder, curves in
@@ -125,14 +131,16 @@ def main() -> None:
         accuracy = metrics.set_index("key").loc["test_acc"]
         if pd.isna(accuracy["base"]):
             raise PipelineError(f"the base ({label(args.base, sha)}) has no committed results (no test accuracy in "
-                                f"its {paths['eval']}); compare against a commit made after `dvc repro`, or reproduce the base: "
+                                f"its {paths['eval']}); compare against a commit made after `dvc repro`, "
+                                f"or reproduce the base: "
                                 f"`git checkout {args.base} && dvc repro`")
         if pd.isna(accuracy["head"]):
             raise PipelineError(f"{paths['eval']}: missing in the workspace; run `dvc repro` first")
 
         step(f"the base's results ({label(args.base, sha)})")
         fs = DVCFileSystem(".", rev=sha)
-        base_curves, base_confusion, base_per_class = read_results(lambda path: read_base(fs, path, args.base, sha), paths)
+        base_curves, base_confusion, base_per_class = read_results(
+            lambda path: read_base(fs, path, args.base, sha), paths)
         head_curves, head_confusion, head_per_class = read_results(read_head, paths)
 
         step("dvc status")

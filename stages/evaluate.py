@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmnist.model.classifier import Classifier, score
-from fmnist.model.device import pick_device, pick_dtype, to_device_layout
 from fmnist.core.errors import run
 from fmnist.core.io import figure_bytes, save_csv, write_bytes, write_json
 from fmnist.metrics import confusion_rows, misclassified_grid, per_class_table, summarize
+from fmnist.model.classifier import Classifier, score
+from fmnist.model.device import pick_device, pick_dtype, to_device_layout
 from fmnist.model.model_file import load_model
 from fmnist.params import load_params
 from fmnist.splits import load_nonempty_split

@@ -18,9 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from fmnist.model.classifier import Classifier
 from fmnist.core.errors import run
 from fmnist.core.io import md5_hex, write_bytes
+from fmnist.model.classifier import Classifier
 from fmnist.model.model_file import card, model_from_bytes, read_model_bytes
 from fmnist.onnx_file import INPUT, INPUT_DOC, OUTPUT, OUTPUT_DOC, onnx_bytes
 from fmnist.params import load_params

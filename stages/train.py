@@ -33,8 +33,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from fmnist.core.errors import run
-from fmnist.model.device import pick_device, pick_dtype, to_device
-from fmnist.model.model_file import save_model
+from fmnist.model.device import pick_device, pick_dtype, placement, to_device
 from fmnist.params import check_sizes, load_params
 from fmnist.splits import load_nonempty_split, load_split
 from fmnist.training.checkpoint import run_key, start
@@ -63,8 +62,8 @@ def main() -> None:
     world, device = init_distributed(pick_device(p.device))
     dtype = pick_dtype(p.precision, device)
     if world.main:
-        print(f"training on {device.type}" + (" (picked by train.device: auto)" if p.device == "auto" else "")
-              + (" with bf16 autocast" if dtype else " in fp32") + (f", {world.size} processes" if world.size > 1 else ""))
+        print(f"training on {placement(device, dtype, p.device)}"
+              + (f", {world.size} processes" if world.size > 1 else ""))
     key = run_key(p, *train, world.size)
     state, progress = start(p, args.checkpoint, key, len(train[1]), device, dtype, world)
     record = Record(args.checkpoint, args.summary, args.live_dir, key, state, p, progress) if world.main else None
@@ -77,12 +76,7 @@ def main() -> None:
             raise
         raise lost from None
     if world.main:
-        record.finish(progress)
-        best = progress.best
-        save_model(args.model, best["state_dict"], params=p.model_dump(), epoch=best["epoch"],
-                   val_acc=best["val_acc"], data_sha256=key["data_sha256"], environment=environment)
-        print(f"saved epoch {best['epoch']} (val acc {best['val_acc']:.4f}) to {args.model}"
-              + (f"; stopped after epoch {progress.epoch} of {p.epochs}, as the sweep asked" if progress.epoch < p.epochs else ""))
+        record.finish(progress, args.model, environment)
     if world.size > 1:
         dist.destroy_process_group()
 

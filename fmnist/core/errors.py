@@ -16,7 +16,7 @@ import difflib
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class PipelineError(Exception):
@@ -95,7 +95,7 @@ def run(main: Callable[[], object]) -> None:
         _fail("interrupted; outputs are written whole or not at all", 130)
     except Terminated:
         _fail("terminated (SIGTERM); outputs are written whole or not at all", 128 + signal.SIGTERM)
-    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+    except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("FMNIST_DEBUG"):
             raise
         _fail(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "

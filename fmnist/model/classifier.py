@@ -94,4 +94,4 @@ def score(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
     """The k likeliest classes of one image's probabilities, likeliest first."""
     values, indices = probs.topk(min(k, len(classes)))
-    return [(classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+    return [(classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]

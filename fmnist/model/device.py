@@ -62,6 +62,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def placement(device: torch.device, dtype: torch.dtype | None, asked: str) -> str:
+    """Where and how a run computes, for its first line: "cpu (picked by train.device: auto) with bf16 autocast"."""
+    picked = " (picked by train.device: auto)" if asked == "auto" else ""
+    return f"{device.type}{picked}" + (" with bf16 autocast" if dtype else " in fp32")
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a CPU tensor to `device`; to a GPU from pinned memory without blocking the host."""
     if device.type == "cuda" and tensor.device.type == "cpu":

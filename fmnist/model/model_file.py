@@ -16,7 +16,7 @@ One torch file (weights_only loadable: no code runs from it) holding a dict:
 | epoch | the epoch kept (best validation accuracy) |
 | val_acc | its validation accuracy (a fraction) |
 | data_sha256 | sha256 of the training images and labels |
-| environment | what trained it: python, torch, platform, and lock / lock_sha256 (the runtime lock's file and its sha256; fmnist.training.environment.describe) |
+| environment | what trained it (environment.describe): python, torch, platform, the runtime lock and its sha256 |
 
 The evaluate and export stages, `fmnist-predict` and `make compare` read it through
 `load_model` / `model_from_bytes`, which check every key before a net is built; a file
@@ -102,7 +102,8 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
         raise DataError(f"{name}: not a model file of this project (expected keys {sorted(need)}, "
                         f"found {found}); {hint}")
     if not isinstance(obj["model"], str) or obj["model"] not in ARCHITECTURES:
-        raise DataError(f"{name}: unknown architecture {shown(obj['model'])} (known: {', '.join(ARCHITECTURES)}); {hint}")
+        raise DataError(f"{name}: unknown architecture {shown(obj['model'])} "
+                        f"(known: {', '.join(ARCHITECTURES)}); {hint}")
     classes = obj["classes"]
     # The net's last layer has one output per class, and the labels are 0-9.
     if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) \

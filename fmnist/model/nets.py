@@ -9,7 +9,7 @@ A new net is one function here, registered with `@register`: the params check
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

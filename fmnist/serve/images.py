@@ -41,7 +41,8 @@ import re
 import sys
 import tempfile
 import warnings
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import torch

@@ -135,7 +135,8 @@ def read_model_bytes_at(rev: str, path: str | None = None) -> tuple[bytes, dict]
         else:
             commit = git_commit(rev)
         with dvc.api.open(path, rev=commit, mode="rb") as stream:  # bounded: not dvc.api.read's whole file
-            data = read_stream(stream, f"{path} at {rev}", f"the copy DVC holds for {rev} is not a model of this project",
+            data = read_stream(stream, f"{path} at {rev}",
+                               f"the copy DVC holds for {rev} is not a model of this project",
                                MAX_MODEL_BYTES, MODEL_WHAT)
     except NotDvcRepoError as exc:
         raise _dvc_error(rev, exc, "run it inside a clone of the project") from None

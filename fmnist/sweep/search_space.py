@@ -11,7 +11,7 @@ list of choices each, and how the sampler and the pruner behave:
 
     space:
       train.lr: {low: 0.02, high: 0.8, log: true}   # floats; log: drawn evenly on a log scale
-      train.shift: {low: 0, high: 2}                # an integer param gets integers
+      train.augment.shift: {low: 0, high: 2}                # an integer param gets integers
       train.batch_size: {choices: [128, 256, 512]}  # one of these
     sampler: {seed: 0, startup_trials: 6}
     pruner: {percentile: 25, startup_trials: 4, min_epochs: 1}
@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fmnist.core.errors import ParamError, did_you_mean, shown
+from fmnist.core.errors import DataError, ParamError, did_you_mean, shown
+from fmnist.core.io import read_text_bounded
 from fmnist.model.nets import check_name
 from fmnist.params import allowed, kind_of, leaves, with_value
 from fmnist.params import check_params as check_values
@@ -188,9 +189,9 @@ def _dimension(where: str, name: str, entry: Any, kind: type, params: dict) -> B
                              f"(to fix one value for every trial, use -S {name}=VALUE)")
         if len({repr(c) for c in choices}) < len(choices):
             raise ParamError(f"{where}.choices: {shown(choices)} lists a value twice")
-        for i, choice in enumerate(choices):
-            if kind is float and isinstance(choice, int) and not isinstance(choice, bool):
-                choices[i] = choice = float(choice)
+        if kind is float:  # 1 is a fine learning rate, as in params.yaml
+            choices = [float(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in choices]
+        for choice in choices:
             problem = _refused(params, name, choice)
             if problem:
                 raise ParamError(f"{where}.choices: {shown(choice)} is refused by the params checks: {problem}")
@@ -240,11 +241,13 @@ def _settings(path: str, section: str, given: Any, defaults: dict) -> dict:
                              f"known keys: {', '.join(defaults)}")
         if key == "percentile":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100:
-                raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, expected a number above 0 and below 100")
-            value = float(value)
+                raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, "
+                                 f"expected a number above 0 and below 100")
+            out[key] = float(value)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, expected an integer >= 0")
-        out[key] = value
+        else:
+            out[key] = value
     return out
 
 
@@ -291,19 +294,14 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
 
 
 def load_space(path: Path, base: dict, fixed: dict[str, Any]) -> SweepConfig:
+    """The checked SweepConfig of the space file `path` (sweep.yaml, or --space FILE; `-` is
+    standard input). ParamError, in one line naming it, for what is not a short UTF-8 file:
+    missing, a folder, a device, a named pipe with no writer, larger than MAX_BYTES."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise ParamError(f"{path}: file not found; name the search space with --space FILE") from None
-    except OSError as exc:
-        raise ParamError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_BYTES:
-        raise ParamError(f"{path}: larger than {MAX_BYTES} bytes; a search space is a few lines")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParamError(f"{path}: not UTF-8 text") from None
+        text = read_text_bounded(path, MAX_BYTES, "a search space (a few lines)",
+                                 "name the search space with --space FILE")
+    except DataError as exc:
+        raise ParamError(str(exc)) from None
     return parse_space(text, str(path), base, fixed)
 
 

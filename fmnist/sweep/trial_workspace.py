@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from fmnist.core.errors import PipelineError
 from fmnist.serve.provenance import pipeline_paths
 
@@ -89,7 +88,7 @@ EPOCH_LINE = re.compile(rb"^epoch (\d+)/\d+: .*\| val loss \S+ acc ([0-9.]+)", r
 class Run:
     """One trial's `dvc exp run`, in its own process group."""
 
-    def __init__(self, proc: subprocess.Popen, workspace: "Workspace", log: Path):
+    def __init__(self, proc: subprocess.Popen, workspace: Workspace, log: Path):
         self.proc, self.workspace, self.log = proc, workspace, log
         self._read, self._accs = 0, []
 
@@ -137,13 +136,13 @@ class Workspace:
         self.paths = pipeline_paths(root, "train_summary", "eval")
 
     @classmethod
-    def take(cls, root: Path, count: int) -> list["Workspace"]:
+    def take(cls, root: Path, count: int) -> list[Workspace]:
         """`count` workspaces no other sweep process holds, locked for this one until it exits."""
         taken, index = [], 0
         while len(taken) < count:
             ws = cls(root, index)
             ws._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(ws._lock_path, "a")
+            f = open(ws._lock_path, "a")  # noqa: SIM115 - held open, and so locked, until the sweep exits
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

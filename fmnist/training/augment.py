@@ -1,23 +1,28 @@
 """Training-time augmentation of normalised batches: flips, shifts, random erasing.
 
-    x = augment_batch(normalize(pixels), generator, flip=True, shift=2, erase=0.25)
+    x = augment_batch(normalize(pixels), generator, params.train.augment)   # flip, shift, erase
 
-Used by the training loop only (params train.augment, train.shift, train.erase); what
-the evaluate stage scores and the exported model compute never pass through here.
+Used by the training loop only (params train.augment: flip, shift, erase); what the
+evaluate stage scores and the exported model compute never pass through here. A new
+augmentation is a key of train.augment in params.yaml, a field of fmnist.params.Augment
+and its lines here.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from fmnist.model.classifier import MEAN, STD
 
+if TYPE_CHECKING:
+    from fmnist.params import Augment
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, *, flip: bool = True, shift: int = 0,
-                  erase: float = 0.0) -> torch.Tensor:
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, augment: Augment) -> torch.Tensor:
     """Augment a normalised batch (N, 1, 28, 28) as one tensor, on whatever device `x` is.
 
     - `flip`: mirror a random half of the images left to right (garments are
@@ -30,6 +35,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, flip: bool = T
     Every draw comes from `generator` (a CPU generator), the same number of draws per
     batch whatever the settings' outcome, so a batch is augmented alike on every device.
     """
+    flip, shift, erase = augment.flip, augment.shift, augment.erase
     if not (flip or shift or erase):
         return x  # no draws either: a run without augmentation draws nothing
     n, device = x.shape[0], x.device

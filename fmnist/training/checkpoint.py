@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from fmnist.training.distributed import World
 from fmnist.core.errors import DataError
 from fmnist.core.io import load_torch
 from fmnist.model.nets import weights_problem
-from fmnist.training.distributed import steps_per_epoch
+from fmnist.training.distributed import World, steps_per_epoch
 from fmnist.training.loop import HISTORY_KEYS, Progress, TrainState, build
 
 if TYPE_CHECKING:
@@ -155,9 +154,9 @@ def _restore(checkpoint: dict, state: TrainState, steps: int) -> Progress:
             or best["val_acc"] != history[best["epoch"] - 1]["val/acc"]:
         raise ValueError(f"the best epoch {best['epoch']!r:.20} doesn't match the history")
     averaged = checkpoint["ema"]
-    if ema is None and averaged is not None or ema is not None and (
+    if (ema is None and averaged is not None) or (ema is not None and (
             not isinstance(averaged, dict) or set(averaged) != {"updates", "state_dict"}
-            or averaged["updates"] != epoch * steps):
+            or averaged["updates"] != epoch * steps)):
         raise ValueError(f"the moving average of the weights is {averaged!r:.60}")
     for what, weights in (("weights", checkpoint["state_dict"]), ("best weights", best["state_dict"]),
                           ("averaged weights", averaged["state_dict"] if ema is not None else net.state_dict())):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -27,14 +28,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fmnist.training.augment import augment_batch
-from fmnist.model.classifier import Classifier, normalize, score
 from fmnist.core.dataset import CLASSES
+from fmnist.core.errors import ParamError, TrainingDiverged
+from fmnist.model.classifier import Classifier, normalize, score
 from fmnist.model.device import autocast, to_device, to_device_layout
+from fmnist.model.nets import build_model
+from fmnist.training.augment import augment_batch
 from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch, wrap_ddp
 from fmnist.training.ema import Ema
-from fmnist.core.errors import ParamError, TrainingDiverged
-from fmnist.model.nets import build_model
 
 if TYPE_CHECKING:
     from fmnist.params import Train
@@ -65,7 +66,7 @@ def lr_factor(step: int, total: int, warmup: float = 0.25, start: float = 0.04, 
     annealing down to `end` at the last step. Defined for any total >= 1, a single
     step included (it then runs at the peak).
     """
-    rise = int(round(warmup * total))
+    rise = round(warmup * total)
     if step < rise:
         return start + (1 - start) * step / rise
     fall = total - rise - 1
@@ -187,7 +188,8 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
     for b in bar:
         idx = order[b * batch_size:(b + 1) * batch_size]
         x, y = normalize(images[idx].unsqueeze(1)), labels[idx]
-        x = augment_batch(x, aug_gen, flip=p.augment, shift=p.shift, erase=p.erase).contiguous(memory_format=torch.channels_last)
+        x = augment_batch(x, aug_gen, p.augment)
+        x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, state.dtype):
             logits = model(x)

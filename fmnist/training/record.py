@@ -3,7 +3,7 @@ the summary (metrics/train.json) and a row of DVCLive curves, and a line on the 
 
     record = Record(checkpoint, summary, live_dir, key, p, progress)   # opens DVCLive's folder
     fit(..., on_epoch=record.epoch)
-    record.finish(progress)
+    record.finish(progress, model, environment)      # the model file: the best epoch's weights and card
 
 DVCLive's step is the epoch, 1 to train.epochs, so `dvc exp show`, `dvc plots` and the VS
 Code extension show a run while it trains; a killed run leaves the epochs it did, and the
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fmnist.core.io import save_torch, write_json, writing
+from fmnist.model.model_file import save_model
 from fmnist.training.checkpoint import checkpoint_state
 from fmnist.training.loop import Progress, TrainState
 
@@ -66,7 +67,14 @@ class Record:
               f"acc {row['train/acc']:.4f} | val loss {row['val/loss']:.4f} acc {row['val/acc']:.4f} "
               f"| {seconds:.1f} s", flush=True)
 
-    def finish(self, progress: Progress) -> None:
+    def finish(self, progress: Progress, model: Path, environment: dict[str, str]) -> None:
+        """At the end: the curves closed, the final summary, the best epoch's weights and card as the model file."""
         with writing(self.live_dir):
             self.live.end()
         write_json(self.summary_file, summary(progress, self.p))
+        best = progress.best
+        save_model(model, best["state_dict"], params=self.p.model_dump(), epoch=best["epoch"], val_acc=best["val_acc"],
+                   data_sha256=self.key["data_sha256"], environment=environment)
+        stopped = f"; stopped after epoch {progress.epoch} of {self.p.epochs}, as the sweep asked"
+        print(f"saved epoch {best['epoch']} (val acc {best['val_acc']:.4f}) to {model}"
+              + (stopped if progress.epoch < self.p.epochs else ""))

@@ -12,7 +12,7 @@ the epochs it did. Its first epoch always runs to the end, so there is a model t
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from fmnist.training.distributed import World
 

@@ -20,9 +20,7 @@ import matplotlib.image
 import pytest
 
 from helpers import ROOT
-
 from helpers.data import write_raw
-
 from helpers.repos import Repo, make_repo, set_params, table_row
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once

@@ -21,9 +21,7 @@ import pytest
 import yaml
 
 from helpers.data import TINY_PARAMS, write_raw
-
 from helpers.repos import Repo, make_repo, set_params
-
 
 EXP_SHOW_DROP = "^(fmnist|stages)/"  # the columns of code deps, as docs/experiments.md drops them
 OUTPUTS = [
@@ -151,7 +149,8 @@ def test_a_running_experiment_shows_its_epochs_before_it_ends(tmp_path):
 @pytest.fixture
 def reproduced(tmp_path, tiny_raw) -> Repo:
     """The pipeline reproduced (one epoch) and committed: a clean workspace to queue experiments from."""
-    repo = make_repo(tmp_path / "repo", tiny_raw, params={**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 1}})
+    repo = make_repo(tmp_path / "repo", tiny_raw,
+                     params={**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 1}})
     repo.dvc("repro")
     repo.commit("results")
     return repo

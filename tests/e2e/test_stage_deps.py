@@ -15,7 +15,6 @@ import sys
 import pytest
 
 from helpers import ROOT
-
 from helpers.repos import reproduced_repo, set_params
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once

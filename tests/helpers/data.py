@@ -57,7 +57,7 @@ def write_raw(folder: Path, n_train: int = 400, n_test: int = 120, gz: bool = Tr
     folder.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
         images, labels = synthetic(n, seed)
-        for name, data in zip(RAW_NAMES[split], (idx_bytes(images, 2051), idx_bytes(labels, 2049))):
+        for name, data in zip(RAW_NAMES[split], (idx_bytes(images, 2051), idx_bytes(labels, 2049)), strict=True):
             if gz:
                 (folder / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
             else:

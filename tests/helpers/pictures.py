@@ -58,7 +58,7 @@ def write_pictures(folder: Path, n: int = 4, seed: int = 7) -> dict[Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     images, labels = synthetic(n, seed)
     truth = {}
-    for i, (image, label) in enumerate(zip(torch.from_numpy(images), labels)):
+    for i, (image, label) in enumerate(zip(torch.from_numpy(images), labels, strict=True)):
         pictures = {
             f"{i}-stored.png": png(image),
             f"{i}-inverted.webp": webp(255 - image),

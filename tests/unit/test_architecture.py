@@ -10,7 +10,6 @@ import re
 import yaml
 
 from helpers import ROOT
-
 from helpers.import_map import imports
 
 # docs/architecture.md's columns: the entry point each one is.
@@ -90,7 +89,7 @@ def architecture_table() -> tuple[list[str], dict[str, set[str]]]:
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         module = "fmnist/" + re.fullmatch(r"`(.+)`", cells[0])[1]
-        for column, cell in zip(columns, cells[2:]):
+        for column, cell in zip(columns, cells[2:], strict=True):
             if cell == "x":
                 marked[column].add(module)
     return columns, marked

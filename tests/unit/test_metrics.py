@@ -116,7 +116,8 @@ def test_no_mistakes_is_one_empty_frame_that_says_so():
     [text] = ax.texts
     assert text.get_text() == "no misclassified images" and text.get_position() == (0.5, 0.5)
     assert text.get_ha() == "center" and text.get_va() == "center" and not ax.images
-    assert fig.get_suptitle() == "Most confident mistakes (test set)\ntrue -> predicted, and the probability given to it"
+    assert fig.get_suptitle() == ("Most confident mistakes (test set)\n"
+                                  "true -> predicted, and the probability given to it")
 
 
 def test_the_sizes_of_the_titles_are_the_grids_own_not_matplotlibs_defaults():

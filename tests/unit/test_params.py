@@ -22,16 +22,14 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT
-
-from helpers.damage import leaves, one_line
-
-from helpers.data import synthetic, train_params
-from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.core.errors import ParamError
-from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems
+from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems, with_value
 from fmnist.splits import split_train_val
+from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
 from fmnist.training.loop import build, fit
+from helpers import ROOT
+from helpers.damage import leaves, one_line
+from helpers.data import synthetic, train_params
 
 CPU = torch.device("cpu")
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -59,9 +57,7 @@ def test_the_committed_params_are_valid():
     ("train", "device", "tpu", "train.device: got 'tpu', expected one of auto, cpu, cuda, mps"),
     ("train", "optimizer", "adam", "train.optimizer: got 'adam', expected one of sgd, adamw"),
     ("data", "val_size", 60000, "data.val_size: got 60000, expected an integer from 1 to 59999"),
-    ("train", "augment", "yes", "train.augment: got 'yes', expected true or false"),
-    ("train", "shift", 9, "train.shift: got 9, expected an integer from 0 to 8"),
-    ("train", "erase", 1.5, "train.erase: got 1.5, expected a finite number >= 0 and <= 1"),
+    ("train", "augment", "yes", "train.augment: got 'yes', expected a mapping of flip, shift, erase"),
     ("train", "ema", 1, "train.ema: got 1, expected a finite number >= 0 and <= 0.9999"),
     ("train", "momentum", 1.0, "train.momentum: got 1.0, expected a finite number >= 0 and < 1"),
     ("train", "seed", 2**32, "train.seed: got 4294967296, expected an integer from 0 to 4294967295"),
@@ -100,8 +96,8 @@ def test_missing_keys_and_sections():
 DAMAGED_PARAMS = {
     "binary garbage": (bytes(range(128, 256)) * 4, "cannot be read as text ('utf-8' codec can't decode byte 0x80"),
     "empty": (b"", "the file is empty"),
-    "a YAML list": (b"- data\n- train\n", "expected a mapping of sections (data, train, evaluate, compare) at the "
-                                        "top, got ['data', 'train']"),
+    "a YAML list": (b"- data\n- train\n", ("expected a mapping of sections (data, train, evaluate, compare) at the "
+                                         "top, got ['data', 'train']")),
     "a number": (b"3\n", "at the top, got 3"),
     "broken YAML": (b"train: [1, 2\n", "not valid YAML"),
     "absurdly deep": (b"[" * 1000, "not valid YAML"),  # RecursionError in PyYAML
@@ -142,9 +138,9 @@ def test_any_value_anywhere_in_params_is_checked_params_or_one_line_per_problem(
         load_params(path)
     except ParamError as exc:
         first, *rest = str(exc).split("\n")
-        assert first.startswith(f"{path}"), str(exc)
-        assert all(line.startswith("  ") and line.strip() for line in rest), str(exc)
-        assert len(rest) == 0 or first.endswith(f"has {len(rest)} problems:"), str(exc)
+        assert first.startswith(f"{path}"), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
+        assert all(line.startswith("  ") and line.strip() for line in rest), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
+        assert len(rest) == 0 or first.endswith(f"has {len(rest)} problems:"), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
 
 
 def test_several_problems_one_line_each(tmp_path):
@@ -183,12 +179,12 @@ def test_the_params_check_refuses_what_cannot_train():
 
     assert check() == []
     assert check(nproc=4, batch_size=3) == [
-        "train.batch_size: got 3, but each of the train.nproc 4 processes takes batch_size / nproc images "
-        "a step: it must be at least 4"]
+        ("train.batch_size: got 3, but each of the train.nproc 4 processes takes batch_size / nproc images "
+         "a step: it must be at least 4")]
     params = {**DEFAULTS, "data": {**DEFAULTS["data"], "val_size": 59_998}, "train": {**DEFAULTS["train"], "nproc": 3}}
     assert check_params(params) == [
-        "train.nproc: got 3, but Fashion-MNIST has 60000 training images and data.val_size holds out 59998, "
-        "leaving 2: fewer than one per process; lower train.nproc or data.val_size"]
+        ("train.nproc: got 3, but Fashion-MNIST has 60000 training images and data.val_size holds out 59998, "
+         "leaving 2: fewer than one per process; lower train.nproc or data.val_size")]
     params["data"]["val_size"] = 59_999
     params["train"]["nproc"] = 1
     assert check_params(params) == []  # one training image trains
@@ -254,3 +250,20 @@ def test_every_size_the_params_allow_trains(group, sizes, rank, model, optimizer
     if world.main:
         assert len(progress.history) == epochs and progress.best["state_dict"] is not None
     event(f"trained: {'one step' if total == 1 else 'several steps'}, {nproc} process(es)")
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("train.augment.flip", "yes", "train.augment.flip: got 'yes', expected true or false"),
+    ("train.augment.shift", 9, "train.augment.shift: got 9, expected an integer from 0 to 8"),
+    ("train.augment.erase", 1.5, "train.augment.erase: got 1.5, expected a finite number >= 0 and <= 1"),
+])
+def test_augmentation_settings_are_named_by_their_dotted_key(name, value, expected):
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert check_params(with_value(committed, name, value)) == [expected]
+
+
+def test_an_unknown_augmentation_suggests_the_closest_known_one():
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    committed["train"]["augment"]["shfit"] = 1
+    assert check_params(committed) == [("train.augment.shfit: unknown key (did you mean 'shift'?); "
+                                        "known keys: flip, shift, erase")]

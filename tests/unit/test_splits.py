@@ -8,14 +8,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers.damage import one_line
-
-from helpers.data import synthetic
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
-from fmnist.splits import (MAX_SPLIT_BYTES, class_counts, load_nonempty_split, load_split, split_file,
-                           split_train_val)
+from fmnist.splits import MAX_SPLIT_BYTES, class_counts, load_nonempty_split, load_split, split_file, split_train_val
+from helpers.damage import one_line
+from helpers.data import synthetic
 
 
 def test_split_is_disjoint_complete_and_seeded():
@@ -56,7 +54,8 @@ DAMAGED_SPLITS = {
     "a list": (torch_bytes([1, 2, 3]), "expected a dict with 'images' and 'labels', found a list"),
     "a bare tensor": (torch_bytes(torch.zeros(3, 28, 28)), "found a Tensor"),
     "no labels": (_split(labels=None), "found keys ['images']"),
-    "float images": (_split(images=torch.zeros(12, 28, 28)), "'images' should be uint8 (N, 28, 28), found torch.float32"),
+    "float images": (_split(images=torch.zeros(12, 28, 28)),
+                     "'images' should be uint8 (N, 28, 28), found torch.float32"),
     "32x32 images": (_split(images=torch.zeros(12, 32, 32, dtype=torch.uint8)), "found torch.uint8 (12, 32, 32)"),
     "int32 labels": (_split(labels=torch.zeros(12, dtype=torch.int32)), "'labels' should be int64 (N,)"),
     "2-d labels": (_split(labels=torch.zeros(12, 2, dtype=torch.long)), "found torch.int64 (12, 2)"),
@@ -79,7 +78,7 @@ def test_a_missing_split_or_a_folder_in_its_place(tmp_path):
     with pytest.raises(DataError, match=r"train.pt: missing; run the prepare stage first \(dvc repro\)"):
         load_split(tmp_path / "train.pt")
     (tmp_path / "train.pt").mkdir()
-    with pytest.raises(DataError, match=r"train.pt: cannot be read \(Is a directory\)"):
+    with pytest.raises(DataError, match=r"train.pt: a folder, not a file; re-create it"):
         load_split(tmp_path / "train.pt")
 
 

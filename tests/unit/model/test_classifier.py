@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from helpers.data import synthetic
 from fmnist.core.dataset import CLASSES
 from fmnist.model import classifier as classifier_module
 from fmnist.model.classifier import Classifier, normalize, probabilities, score, top_k
 from fmnist.model.nets import build_model
+from helpers.data import synthetic
 
 CPU = torch.device("cpu")
 
@@ -49,7 +50,7 @@ def expected_probs(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """softmax(net(normalised pixels)), computed here without the classifier."""
     net.eval()
     with torch.no_grad():
-        return net(((images.unsqueeze(1).float() / 255 - 0.2860) / 0.3530)).softmax(1)
+        return net((images.unsqueeze(1).float() / 255 - 0.2860) / 0.3530).softmax(1)
 
 
 def test_normalize_maps_black_to_minus_mean_over_std_and_keeps_the_shape():
@@ -161,3 +162,28 @@ def test_top_k_names_the_likeliest_classes_likeliest_first():
     everything = top_k(probs, CLASSES, 20)  # k past the classes: all ten
     assert len(everything) == 10 and [name for name, _ in everything[:2]] == ["Trouser", "Dress"]
     assert isinstance(everything[0][1], float)
+
+
+def test_mirror_averaging_flips_left_to_right_as_an_independent_computation_says():
+    """What `mirror` means, computed here without Classifier: the published normalisation,
+    the net, softmax, and the picture reversed along its columns with numpy. An upside-down
+    flip gives other numbers (checked too, so that this test can tell the two apart)."""
+    torch.manual_seed(0)
+    net = build_model("cnn").eval()  # random weights: no symmetry of their own
+    pixels = synthetic(8, 3)[0]
+    pixels[:, :4, :10] = 255  # a block in the top left corner: left-right and upside-down flips differ
+
+    def plain(batch: np.ndarray) -> torch.Tensor:
+        x = (torch.from_numpy(np.ascontiguousarray(batch)).float() / 255 - 0.2860) / 0.3530
+        return net(x.unsqueeze(1)).float().softmax(1)
+
+    with torch.no_grad():
+        got = Classifier(net, mirror=True)(torch.from_numpy(pixels).unsqueeze(1))
+        left_right = (plain(pixels) + plain(pixels[:, :, ::-1])) / 2
+        upside_down = (plain(pixels) + plain(pixels[:, ::-1, :])) / 2
+        of_the_mirror_image = Classifier(net, mirror=True)(torch.from_numpy(pixels[:, :, ::-1].copy()).unsqueeze(1))
+        alone = Classifier(net, mirror=False)(torch.from_numpy(pixels).unsqueeze(1))
+    assert torch.allclose(got, left_right, atol=1e-6)
+    assert (got - upside_down).abs().max() > 1e-3 and (got - alone).abs().max() > 1e-3
+    assert torch.allclose(alone, plain(pixels), atol=1e-6)
+    assert torch.allclose(got, of_the_mirror_image, atol=1e-6)  # a picture and its mirror image: the same answer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.model.device import pick_device, pick_dtype
 from fmnist.core.errors import ParamError
+from fmnist.model.device import pick_device, pick_dtype
 
 CPU = torch.device("cpu")
 
@@ -24,5 +24,5 @@ def test_auto_never_picks_a_device_that_is_not_there():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_asking_for_a_missing_cuda_is_a_clear_error():
-    with pytest.raises(ParamError, match="train.device: cuda was asked for but this machine has no cuda device"):
+    with pytest.raises(ParamError, match=r"train\.device: cuda was asked for but this machine has no cuda device"):
         pick_device("cuda")

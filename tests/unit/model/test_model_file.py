@@ -13,17 +13,25 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.damage import one_line, put_junk
-
-from helpers.data import synthetic
-from fmnist.model.classifier import Classifier, score
 from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import DataError
 from fmnist.core.io import torch_bytes
-from fmnist.model.nets import ARCHITECTURES, build_model
 from fmnist.model import model_file
-from fmnist.model.model_file import (MAX_MODEL_BYTES, card, load_model, looks_like_checkpoint, model_from_bytes,
-                                     read_model_bytes, save_model, weights_bytes)
+from fmnist.model.classifier import Classifier, score
+from fmnist.model.model_file import (
+    MAX_MODEL_BYTES,
+    card,
+    load_model,
+    looks_like_checkpoint,
+    model_from_bytes,
+    read_model_bytes,
+    save_model,
+    weights_bytes,
+)
+from fmnist.model.nets import ARCHITECTURES, build_model
+from helpers.damage import one_line, put_junk
+from helpers.data import synthetic
+from helpers.not_files import NOT_FILES, make_not_file
 
 CPU = torch.device("cpu")
 
@@ -62,7 +70,8 @@ DAMAGED_MODELS = {
     "architecture a list": (torch_bytes(_model(model=["cnn"])), "unknown architecture ['cnn']"),
     "three classes": (torch_bytes(_model(classes=["a", "b", "c"])), "'classes' should be a list of 10 class names"),
     "weights a string": (torch_bytes(_model(state_dict="weights")), "the weights are a str, not a dict of tensors"),
-    "a weight missing": (torch_bytes(_model(state_dict={})), "not the weights of a lenet net: 10 weights missing (0.bias, 0.weight, 11.bias, ...)"),
+    "a weight missing": (torch_bytes(_model(state_dict={})),
+                         "not the weights of a lenet net: 10 weights missing (0.bias, 0.weight, 11.bias, ...)"),
     "wrong shape": (torch_bytes(_weights("0.weight", torch.zeros(3, 3))),
                     "weight 0.weight is torch.float32 (3, 3), expected torch.float32 (6, 1, 5, 5)"),
     "wrong dtype": (torch_bytes(_weights("0.weight", torch.zeros(6, 1, 5, 5, dtype=torch.float64))),
@@ -174,9 +183,11 @@ def test_a_model_file_needs_only_its_three_keys():
 @pytest.mark.parametrize("data, expected", [
     (torch_bytes({"optimizer": {}, "history": [], "best": {}}), "this is a training checkpoint, not a model file"),
     (torch_bytes(torch.zeros(3)), "expected keys ['classes', 'model', 'state_dict'], found a Tensor);"),
-    (torch_bytes({"model": "cnn", "epoch": 3}), "expected keys ['classes', 'model', 'state_dict'], found keys ['epoch', 'model']);"),
+    (torch_bytes({"model": "cnn", "epoch": 3}),
+     "expected keys ['classes', 'model', 'state_dict'], found keys ['epoch', 'model']);"),
     (torch_bytes(_model(model="resnet")), f"(known: {', '.join(ARCHITECTURES)});"),
-    (torch_bytes(_model(classes=["a", "b", "c"])), "'classes' should be a list of 10 class names, found ['a', 'b', 'c'];"),
+    (torch_bytes(_model(classes=["a", "b", "c"])),
+     "'classes' should be a list of 10 class names, found ['a', 'b', 'c'];"),
 ])
 def test_what_a_refused_model_file_was_found_to_be(tmp_path, data, expected):
     one_line(refused(data, tmp_path), expected, "dvc repro --force train")
@@ -246,7 +257,7 @@ def model_naming_checkpoint_keys() -> dict:
 
 
 def test_a_model_file_whose_params_name_a_checkpoints_keys_is_still_a_model_file(tmp_path):
-    net, record = load_model_from_bytes(torch_bytes(model_naming_checkpoint_keys()))
+    _, record = load_model_from_bytes(torch_bytes(model_naming_checkpoint_keys()))
     assert record["params"]["keep"] == "best"
     assert model_from_bytes(torch_bytes(model_naming_checkpoint_keys()), "m.pt")[1]["model"] == "lenet"
 
@@ -274,3 +285,15 @@ def test_a_refused_model_files_message_ends_with_the_callers_hint():
         model_from_bytes(torch_bytes(_model(model="resnet")), "at v1", "try another revision")
     assert str(err.value).startswith("at v1: unknown architecture 'resnet'")
     assert str(err.value).endswith("; try another revision")
+
+
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_a_model_path_that_is_not_a_file_is_refused_at_once_saying_what_it_is(kind, tmp_path, no_hang):
+    """models/model.pt, or what --model names: a named pipe with no writer, a device, a folder..."""
+    path = make_not_file(tmp_path / "model.pt", kind)
+    with pytest.raises(DataError) as err:
+        read_model_bytes(path, "the hint")
+    assert str(err.value) == f"{path}: {NOT_FILES[kind]}, not a file; the hint"
+    with pytest.raises(DataError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: {NOT_FILES[kind]}, not a file; ")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.data import tiny
 from fmnist.core.errors import ParamError
 from fmnist.model.nets import ARCHITECTURES, build_model
+from helpers.data import tiny
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

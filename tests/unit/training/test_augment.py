@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from fmnist.training.augment import augment_batch as augment
+from fmnist.params import Augment
+from fmnist.training.augment import augment_batch
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, shift: int = 0,
+            erase: float = 0.0) -> torch.Tensor:
+    return augment_batch(x, generator, Augment(flip=flip, shift=shift, erase=erase))
 
 
 def test_augment_keeps_shape_and_is_seeded():

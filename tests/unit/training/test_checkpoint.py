@@ -18,16 +18,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT
-
-from helpers.damage import one_line, put_junk
-
-from helpers.data import synthetic, tiny
-from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
-from fmnist.training.distributed import steps_per_epoch
 from fmnist.core.io import torch_bytes
 from fmnist.params import Train
+from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
+from fmnist.training.distributed import steps_per_epoch
 from fmnist.training.loop import build, fit
+from helpers import ROOT
+from helpers.damage import one_line, put_junk
+from helpers.data import synthetic, tiny
 
 CPU = torch.device("cpu")
 TRAIN = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
@@ -99,7 +97,7 @@ def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
     """With flips, shifts and erasing, with and without the moving average: the checkpoint
     fit() hands the train stage after epoch 2 of 3 ends with the same best weights."""
     p = Train.model_validate({**TRAIN, "epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu", "ema": ema,
-                              "shift": 1, "erase": 0.3})
+                              "augment": {"flip": True, "shift": 1, "erase": 0.3}})
     train, val = tiny(160), tiny(40, seed=3)
     saved = {}
 
@@ -149,7 +147,8 @@ DAMAGED_CHECKPOINTS = {
     "best weights an extra key": (_set("best", "state_dict", "extra", torch.zeros(1)),
                                   "best weights: 1 unexpected weights (extra)"),
     "weights of the wrong shape": (_set("state_dict", "0.weight", torch.zeros(2, 2)), "weights: weight 0.weight is"),
-    "NaN weights": (_set("state_dict", "0.weight", lambda c: torch.full_like(c["state_dict"]["0.weight"], float("nan"))),
+    "NaN weights": (_set("state_dict", "0.weight",
+                         lambda c: torch.full_like(c["state_dict"]["0.weight"], float("nan"))),
                     "holds NaN or infinite values"),
     "momentum of the wrong shape": (_set("optimizer", "state", 0, "momentum_buffer", torch.zeros(2)),
                                     "optimizer state 'momentum_buffer' doesn't fit its weight"),
@@ -158,7 +157,8 @@ DAMAGED_CHECKPOINTS = {
     "optimizer settings changed": (_set("optimizer", "param_groups", 0, "momentum", 0.5),
                                    "the optimizer's settings or learning rate differ from this run's"),
     "learning rate changed": (_set("optimizer", "param_groups", 0, "lr", 1e6), "learning rate differ"),
-    "schedule garbage": (_set("scheduler", "base_lrs", "x"), "the schedule isn't where 1 epoch(s) of this run leave it"),
+    "schedule garbage": (_set("scheduler", "base_lrs", "x"),
+                         "the schedule isn't where 1 epoch(s) of this run leave it"),
     "schedule at another step": (_set("scheduler", "last_epoch", 7), "the schedule isn't where"),
     "schedule counter a string": (_set("scheduler", "_step_count", "x"), "the schedule isn't where"),
     "schedule a list": (_set("scheduler", [1]), "the schedule isn't where"),
@@ -187,7 +187,7 @@ def test_any_value_anywhere_in_a_checkpoint_is_refused_or_trains_on(request, opt
     checkpoint = copy.deepcopy(saved)
     put_junk(data, checkpoint)
     try:
-        net, progress = resume_and_finish(checkpoint, P if optimizer == "sgd" else ADAMW)
+        _net, progress = resume_and_finish(checkpoint, P if optimizer == "sgd" else ADAMW)
     except ResumeError as exc:
         one_line(str(exc))
     else:

@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from helpers import ROOT
-from fmnist.training import loop as training
-from fmnist.params import Train
-from fmnist.training.distributed import World, _fresh_namespace
 from fmnist.model.nets import build_model
+from fmnist.params import Train
+from fmnist.training import loop as training
+from fmnist.training.distributed import World, _fresh_namespace
+from helpers import ROOT
 
 
 def test_a_restart_gets_a_store_namespace_no_dead_worker_wrote_to():

@@ -10,21 +10,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers.data import synthetic, tiny, train_params
-from fmnist.model.classifier import Classifier, score
-from fmnist.model.device import pick_device, pick_dtype, to_device_layout
-from fmnist.training.distributed import steps_per_epoch
 from fmnist.core.errors import TrainingDiverged
+from fmnist.model.classifier import Classifier, Evaluation, score
+from fmnist.model.device import pick_device, pick_dtype, to_device_layout
 from fmnist.model.nets import build_model
+from fmnist.training import loop
+from fmnist.training.distributed import steps_per_epoch
 from fmnist.training.loop import TrainState, build, lr_factor, seed_everything, train_epoch
+from helpers.data import synthetic, tiny, train_params
 
 CPU = torch.device("cpu")
 
 
 def loop_params(**overrides):
     """The train params of a tiny CPU run: flips on, label smoothing."""
-    return train_params(**{"epochs": 2, "batch_size": 32, "seed": 0, "augment": True, "shift": 0, "erase": 0.0,
-                           "label_smoothing": 0.1, **overrides})
+    augment = {"flip": True, "shift": 0, "erase": 0.0}
+    return train_params(**{"epochs": 2, "batch_size": 32, "seed": 0, "augment": augment, "label_smoothing": 0.1,
+                           **overrides})
 
 
 def plain_sgd(net: torch.nn.Module, lr: float, device: torch.device = CPU, dtype=None) -> TrainState:
@@ -51,6 +53,29 @@ def test_train_epoch_learns_and_evaluate_scores():
     assert result.probs.shape == (120, 10)
     assert torch.allclose(result.probs.sum(1), torch.ones(120), atol=1e-5)
     assert result.accuracy > 0.3 and result.loss > 0  # chance is 0.1
+
+
+def test_fit_keeps_the_epoch_of_the_best_validation_accuracy_not_the_last(monkeypatch):
+    """Validation accuracies 0.5, 0.9, 0.9, 0.7: epoch 2 is kept, with its weights (a tie
+    does not replace it; the last epoch, worse, does not either). The scores are scripted
+    (the loop's `score` replaced) so that the best epoch is not the last whatever training does."""
+    accuracies = iter([0.5, 0.9, 0.9, 0.7])
+    monkeypatch.setattr(loop, "score", lambda *args, **kwargs: Evaluation(
+        loss=1.0, accuracy=next(accuracies), probs=torch.zeros(0, 10)))
+    seed_everything(0)
+    net = build_model("cnn")
+    x, y = tiny(64)
+    weights = {}
+
+    def on_epoch(progress, seconds):
+        weights[progress.epoch] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    progress = loop.fit(plain_sgd(net, 0.05), (x, y), (x[:10], y[:10]), loop_params(epochs=4), on_epoch=on_epoch)
+    assert [row["val/acc"] for row in progress.history] == [0.5, 0.9, 0.9, 0.7]
+    assert progress.epoch == 4 and progress.best["epoch"] == 2 and progress.best["val_acc"] == 0.9
+    kept = progress.best["state_dict"]
+    assert kept.keys() == weights[2].keys() and all(torch.equal(kept[k], weights[2][k]) for k in kept)
+    assert not all(torch.equal(kept[k], weights[4][k]) for k in kept)  # training moved the weights after epoch 2
 
 
 def test_one_seed_gives_identical_weights_and_another_does_not():

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from helpers.data import tiny, train_params
 from fmnist.training.distributed import World
 from fmnist.training.loop import build, fit
 from fmnist.training.stop import STOP_ENV, stop_request
+from helpers.data import tiny, train_params
 
 CPU = torch.device("cpu")
 

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from helpers import ROOT
-
-from helpers.data import synthetic
+from fmnist.model.classifier import normalize
 from fmnist.params import Train
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
-from fmnist.model.classifier import normalize
 from fmnist.training.distributed import steps_per_epoch
 from fmnist.training.loop import HISTORY_KEYS, build, fit, train_epoch
+from helpers import ROOT
+from helpers.data import synthetic
 
 CPU = torch.device("cpu")
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
@@ -26,7 +25,7 @@ DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
 def params(**overrides) -> Train:
     # LeNet has neither dropout nor batch norm: in training mode it computes what it does in eval mode.
     p = Train.model_validate({**DEFAULTS, "model": "lenet", "device": "cpu", "precision": "fp32", "epochs": 1,
-                              "batch_size": 32, "augment": False, "ema": 0.0})
+                              "batch_size": 32, "augment": {"flip": False, "shift": 0, "erase": 0.0}, "ema": 0.0})
     return p.model_copy(update=overrides)  # unchecked: lr 0 (no step moves the weights) is a test's own value
 
 
