@@ -7,6 +7,7 @@ import copy
 import math
 import random
 import re
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ from fmnist.core.errors import ParamError, TrainingDiverged
 from fmnist.model.classifier import Classifier, Evaluation, normalize, score
 from fmnist.model.device import pick_device, pick_dtype, to_device_layout
 from fmnist.model.nets import build_model
+from fmnist.params import Augment
 from fmnist.training import loop
+from fmnist.training.augment import augment_batch
 from fmnist.training.distributed import World, steps_per_epoch
 from fmnist.training.ema import Ema
 from fmnist.training.loop import TrainState, build, lr_factor, seed_everything, train_epoch
@@ -214,7 +217,7 @@ class Modes(torch.nn.Module):
 
 
 def test_should_stop_is_asked_every_check_and_after_the_last_batch_in_training_mode_after(monkeypatch):
-    monkeypatch.setattr(loop, "CHECK_EVERY", 2)
+    monkeypatch.setattr(loop, "CHECK_EVERY", 3)
     x, y = tiny(37)
     modes = Modes()
     net = torch.nn.Sequential(modes, *linear())
@@ -228,7 +231,7 @@ def test_should_stop_is_asked_every_check_and_after_the_last_batch_in_training_m
 
     state = linear_state(net)
     assert train_epoch(state, x, y, 3, loop_params(batch_size=8, augment=NO_AUGMENT), should_stop) is not None
-    assert asked == [(3, 2), (3, 4), (3, 5)] and modes.modes == [True] * 5
+    assert asked == [(3, 3), (3, 5)] and modes.modes == [True] * 5
 
 
 def test_an_epoch_asked_to_stop_ends_there_and_returns_nothing(monkeypatch):
@@ -331,6 +334,9 @@ def test_sgd_with_nesterov_momentum_or_adamw_each_on_the_one_cycle_schedule():
     group = adamw.param_groups[0]
     assert type(adamw) is torch.optim.AdamW and group["betas"] == (0.8, 0.999) and group["weight_decay"] == 0.05
     assert group["lr"] == pytest.approx(0.01)  # 0 steps: scheduled as one, at the peak
+    adamw.step()
+    schedule.step()
+    assert adamw.param_groups[0]["lr"] == pytest.approx(0.01)  # and after it: a run of one step stays there
 
 
 def test_build_makes_the_params_net_its_optimiser_schedule_and_average(monkeypatch):
@@ -344,8 +350,9 @@ def test_build_makes_the_params_net_its_optimiser_schedule_and_average(monkeypat
     averaged = build(train_params(model="lenet", ema=0.99), 45, CPU)
     assert averaged.ema.decay == 0.99 and averaged.ema.module is not averaged.net
     compiled = []
-    monkeypatch.setattr(loop.torch, "compile", lambda model: compiled.append(model) or model)
-    assert build(train_params(model="lenet", compile=True), 45, CPU).model is compiled[0]
+    monkeypatch.setattr(loop.torch, "compile", lambda model: compiled.append(model) or "compiled")
+    state = build(train_params(model="lenet", compile=True), 45, CPU)
+    assert state.model == "compiled" and compiled == [state.net]
 
 
 def test_build_keeps_batch_norm_as_it_is_on_the_cpu_even_for_several_processes(monkeypatch):
@@ -377,7 +384,7 @@ def test_each_epoch_has_one_order_on_every_rank_and_augmentation_and_dropout_of_
     assert not torch.equal(aug, other_rank[1]) and not torch.equal(dropout, other_rank[2])
     for other in (draws(1, 3, 0), draws(2, 2, 0)):
         assert not torch.equal(order, other[0]) and not torch.equal(aug, other[1])
-    assert loop.epoch_generators(1, 2)[0].initial_seed() == loop.epoch_generators(1, 2, 0)[0].initial_seed()
+    assert loop.epoch_generators(1, 2)[1].initial_seed() == loop.epoch_generators(1, 2, 0)[1].initial_seed()
 
 
 # --- fit: the epochs, their figures, the best one, the average, resuming and stopping ------
@@ -409,14 +416,17 @@ def test_fit_records_each_epochs_figures_and_scores_the_plain_net_unmirrored(mon
     net = linear()
     state = linear_state(net, dtype=torch.bfloat16)
     seen = []
+    started = time.perf_counter()
     progress = loop.fit(state, tiny(8), tiny(4), loop_params(epochs=2), on_epoch=lambda p, s: seen.append((p, s)))
+    elapsed = time.perf_counter() - started
     assert progress.history == [
         {"train/loss": 1.1, "train/loss_smoothed": 1.3, "train/acc": 1.2, "val/loss": 11.0, "val/acc": 0.0},
         {"train/loss": 2.1, "train/loss_smoothed": 2.3, "train/acc": 2.2, "val/loss": 12.0, "val/acc": 0.3}]
     classifier, kwargs = calls["score"][0]
     assert classifier.net is net and classifier.mirror is False
     assert kwargs == {"device": CPU, "batch_size": 1000, "dtype": torch.bfloat16}
-    assert [s[0] is progress for s in seen] == [True, True] and all(type(s[1]) is float and s[1] >= 0 for s in seen)
+    assert [s[0] is progress for s in seen] == [True, True]
+    assert all(type(s[1]) is float and 0 <= s[1] <= elapsed for s in seen)  # each epoch's seconds, of the whole
     assert progress.epoch == 2 and progress.best["epoch"] == 2 and progress.best["val_acc"] == 0.3
 
 
@@ -480,3 +490,54 @@ def test_other_ranks_train_but_neither_score_nor_report(monkeypatch):
     progress = loop.fit(state, tiny(8), tiny(4), loop_params(epochs=2), on_epoch=lambda p, s: reported.append(p))
     assert [epoch for epoch, _ in calls["train"]] == [1, 2] and calls["score"] == [] and reported == []
     assert progress.epoch == 2 and progress.history == [] and progress.best["epoch"] == 0
+
+
+def test_under_torchrun_a_rank_trains_its_shard_of_the_order_augmented_its_own_way_and_sums_with_the_others(
+        monkeypatch):
+    """Rank 1 of 2 (no process group: the collectives are recorded): half of train.batch_size a step, the
+    odd places of the epoch's order, flips drawn from rank 1's generator, the figures summed over ranks
+    and the first non-finite batch agreed on; no bar but rank 0's."""
+    reduced, bars = [], []
+    monkeypatch.setattr(loop.dist, "all_reduce", lambda tensor, op=None: reduced.append((tensor.clone(), op)))
+
+    class Bar(list):
+        def set_postfix(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(loop, "tqdm", lambda iterable, **kwargs: bars.append(kwargs) or Bar(iterable))
+    x, y = tiny(37)
+    seen = Modes()
+    seen.forward = lambda batch: seen.modes.append(batch.clone()) or batch
+    net = torch.nn.Sequential(seen, *linear())
+    state = linear_state(net)
+    state.world = World(rank=1, size=2)
+    augment = {"flip": True, "shift": 0, "erase": 0.0}
+    figures = train_epoch(state, x, y, 2, loop_params(batch_size=8, augment=augment, seed=3))
+
+    order, aug = loop.epoch_generators(3, 2, rank=1)
+    mine = torch.randperm(37, generator=order)[:36][1::2]  # 18 places: batches of 4, the last of 2
+    assert [len(b) for b in seen.modes] == [4, 4, 4, 4, 2]
+    for b, batch in enumerate(seen.modes):
+        expected = augment_batch(normalize(x[mine[b * 4:(b + 1) * 4]].unsqueeze(1)), aug, Augment(**augment))
+        assert torch.equal(batch, expected)
+    [(check, op), (totals, _)] = reduced
+    assert op == torch.distributed.ReduceOp.MIN and check.tolist() == [5]  # no non-finite batch: 5, past the last
+    assert totals[3].item() == 18 and figures.acc == pytest.approx(totals[1].item() / 18)
+    assert bars[0]["disable"] is True
+
+
+def test_on_gpus_several_processes_normalise_batches_together_one_alone(monkeypatch):
+    """SyncBatchNorm for several processes on CUDA (Gloo on the CPU has none); placed and wrapped for `device`
+    and `world` (both recorded here: no GPU, no process group needed), with the steps of one rank's shard."""
+    calls = []
+    monkeypatch.setattr(loop, "to_device_layout", lambda net, device: calls.append(("layout", device)) or net)
+    monkeypatch.setattr(loop, "wrap_ddp", lambda model, device, world: calls.append(("ddp", device, world)) or model)
+    cuda, two = torch.device("cuda"), World(rank=0, size=2)
+    state = build(train_params(model="cnn3v2", epochs=2, batch_size=10), 45, cuda, world=two)
+    kinds = {type(m).__name__ for m in state.net.modules()}
+    assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
+    assert calls == [("layout", cuda), ("ddp", cuda, two)]
+    total = 2 * steps_per_epoch(45, 10, 2)  # 22 images a rank in batches of 5: 5 steps an epoch
+    assert total == 10 and state.scheduler.lr_lambdas[0](total - 1) == lr_factor(total - 1, total)
+    alone = build(train_params(model="cnn3v2"), 45, cuda)
+    assert "SyncBatchNorm" not in {type(m).__name__ for m in alone.net.modules()}
