@@ -7,6 +7,7 @@
 #   make lock    re-resolve the lock (requirements/) after editing pyproject.toml's dependencies
 #   make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   a hyperparameter search (docs/sweep.md)
 #   make fuzz FUZZ_SECONDS=300   fuzz every reader of the project's files (docs/fuzzing.md)
+#   make mutate MUTATE_MODULES=classifier   mutation testing of the code that decides results (docs/testing.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -38,8 +39,11 @@ ARGS   ?=
 # `make fuzz`: seconds of fuzzing each target, and which targets (all, or names: python -m fuzz --list).
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= all
+# `make mutate`: the modules (scripts/mutate.py's MODULES; empty: all six) and mutants tested at once.
+MUTATE_MODULES  ?=
+MUTATE_CHILDREN ?= 1
 
-.PHONY: repro test compare bench lock sweep fuzz plots-page help
+.PHONY: repro test compare bench lock sweep fuzz mutate plots-page help
 .DEFAULT_GOAL := help
 
 help:
@@ -52,6 +56,7 @@ help:
 	@echo "make lock    re-resolve requirements/ from pyproject.toml (UPGRADE=1: newest releases)"
 	@echo "make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   hyperparameter search, every trial a DVC experiment (docs/sweep.md)"
 	@echo "make fuzz FUZZ_SECONDS=300 FUZZ_TARGETS='model picture'   coverage-guided fuzzing of the readers, one target at a time (docs/fuzzing.md)"
+	@echo "make mutate MUTATE_MODULES='classifier loop'   mutation testing of the code that decides results: reports/mutate/ (docs/testing.md)"
 
 # The lock, installed exactly: pip first (an old one can't install the project editable), then
 # the runtime, then the project itself, built by the locked setuptools; the last step removes
@@ -92,6 +97,11 @@ repro: $(VENV)/.installed $(PLOTS_PAGE)
 
 test: $(VENV)/.installed-test
 	$(RUN) python -m pytest
+
+# Mutation testing (mutmut, [tool.mutmut] in pyproject.toml): each module against its own unit
+# tests, one after the other; about N minutes for all six on 2 CPU cores (docs/testing.md).
+mutate: $(VENV)/.installed-test
+	$(RUN) python scripts/mutate.py --max-children $(MUTATE_CHILDREN) $(MUTATE_MODULES)
 
 # The benchmark trains several models one after the other: about 15 minutes on 2 CPU cores.
 bench: $(VENV)/.installed
