@@ -36,7 +36,7 @@ EDITS = {
     "the moving average": (r"class Ema\b", {"train"}, {"train"}),
     "distributed training": (r"def init_distributed\(", {"train"}, {"train"}),
     "checkpoints": (r"def checkpoint_state\(", {"train"}, {"train"}),
-    "augmentation": (r"def augment_batch\(", {"train"}, {"train"}),
+    "augmentation": (r"^class Augmentation\b", {"train"}, {"train"}),
     "what a run records": (r"^class Record\b", {"train"}, {"train"}),
     "the test metrics": (r"def per_class_table\(", {"evaluate"}, {"evaluate"}),
     "the ONNX graph": (r"def onnx_bytes\(", {"export"}, {"export"}),
