@@ -165,7 +165,7 @@ def _field(model: type[Section], path: tuple) -> tuple[type[Section] | None, Any
     """The model holding the last key of `path`, and that key's field (None: unknown)."""
     for key in path[:-1]:
         field = model.model_fields.get(key)
-        if field is None:
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, Section)):
             return None, None
         model = field.annotation
     return model, model.model_fields.get(path[-1])
@@ -179,7 +179,7 @@ def _message(error: dict, given: Any) -> str:
     if not path:
         sections = ", ".join(Params.model_fields)
         return f"expected a mapping of sections ({sections}) at the top, got {shown(error['input'])}"
-    if error["type"] == "extra_forbidden":
+    if error["type"] in ("extra_forbidden", "invalid_key") or field is None:  # a key not of ours (1: 2 too)
         known = list(model.model_fields) if model else []
         if len(path) == 1:
             return (f"unknown section {shown(path[0], 40)}{did_you_mean(path[0], known)}; "

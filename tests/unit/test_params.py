@@ -277,3 +277,15 @@ def test_an_unknown_augmentation_suggests_the_closest_known_one():
     committed["train"]["augment"]["shfit"] = 1
     assert check_params(committed) == [("train.augment.shfit: unknown key (did you mean 'shift'?); "
                                         "known keys: flip, shift, erase")]
+
+
+def test_keys_that_are_not_text_are_named_as_unknown_keys():
+    """YAML allows `1: 2` or `null: x` as keys (found by fuzzing: they once raised AttributeError)."""
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    committed["data"][1] = 2
+    committed["train"]["augment"][None] = 3
+    committed[None] = 4
+    assert check_params(committed) == [
+        "data.1: unknown key; known keys: val_size, seed",
+        "train.augment.None: unknown key; known keys: flip, shift, erase",
+        "unknown section 'None'; known sections: data, train, evaluate, compare"]
