@@ -34,7 +34,15 @@ from fmnist.core.io import save_torch, torch_bytes
 from fmnist.model.model_file import MAX_MODEL_BYTES, load_model, model_from_bytes
 from fmnist.model.nets import build_model
 from fmnist.raw import download, max_file_bytes, parse_idx, read_idx_file, read_raw_split
-from fmnist.serve.images import MAX_PIXELS, MAX_PROGRESSIVE_PIXELS, MAX_WEBP_PIXELS, WORK, decode, to_fashion_mnist
+from fmnist.serve.images import (
+    MAX_PIXELS,
+    MAX_PROGRESSIVE_PIXELS,
+    MAX_RLE_PIXELS,
+    MAX_WEBP_PIXELS,
+    WORK,
+    decode,
+    to_fashion_mnist,
+)
 from fmnist.splits import MAX_SPLIT_BYTES, load_split
 from fmnist.training.checkpoint import max_checkpoint_bytes, resume
 from fmnist.training.loop import TrainState
@@ -115,6 +123,14 @@ def bmp_claiming(w: int, h: int) -> bytes:
             + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 2835, 2835, 0, 0) + b"\0" * 16)
 
 
+def rle_bmp_claiming(w: int, h: int, rows: int = 0) -> bytes:
+    """An 8-bit run-length encoded BMP (BI_RLE8) of two palette colours whose data holds `rows`
+    rows of one pixel each (the decoder fills the rest of a row), then ends the bitmap."""
+    data = b"\x01\x00\x00\x00" * rows + b"\x00\x01"
+    return (b"BM" + struct.pack("<IHHI", 14 + 40 + 8 + len(data), 0, 0, 14 + 40 + 8)
+            + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 8, 1, 2, 2835, 2835, 2, 0) + b"\0" * 8 + data)
+
+
 def tiff_claiming(w: int, h: int) -> bytes:
     tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
             (273, 4, 1, 8 + 2 + 12 * 8 + 4), (278, 4, 1, h), (279, 4, 1, 16)]
@@ -161,6 +177,9 @@ LIARS = {
     "large.webp": (webp_lossless_claiming(16383, 16383),
                    ("16383x16383 pixels (268 megapixels), above the limit of 134,217,728 pixels (134 megapixels) "
                     "for WebP;")),
+    # Found by fuzzing (fuzz/corpus/picture/crash-rle-bmp-row.bmp): Pillow decodes these in Python.
+    "rle.bmp": (rle_bmp_claiming(5000, 4000), "5000x4000 pixels (20 megapixels), above the limit of 16,777,216 "
+                                              "pixels (17 megapixels) for a run-length encoded BMP;"),
 }
 
 
@@ -177,6 +196,12 @@ def test_a_picture_declaring_a_huge_size_is_refused_before_decoding(name):
 def test_the_limits_are_beyond_cameras_and_below_each_decoders_cost():
     assert MAX_PIXELS > 2.5 * 200e6  # a 200 MP phone photo, with room
     assert MAX_PROGRESSIVE_PIXELS > 200e6 and MAX_WEBP_PIXELS < 16383 ** 2 < MAX_PIXELS
+    assert MAX_RLE_PIXELS == 4096 * 4096
+
+
+def test_a_run_length_encoded_bmp_within_its_limit_is_decoded():
+    grey = decode(rle_bmp_claiming(600, 400, rows=400), "pics/rle.bmp")
+    assert grey.shape == (400, 600) and grey.dtype == torch.uint8
 
 
 @pytest.fixture(scope="module")
