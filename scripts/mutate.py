@@ -150,12 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--min-killed", type=float, default=85.0, help="fail below this percent killed (default 85)")
     parser.add_argument("--out", type=Path, default=Path("reports/mutate"), help="where the results go")
+    parser.add_argument("--table", action="store_true", help="print the table of the results in --out; run nothing")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process that runs mutmut on one module
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     if args.one:
         run_mutmut(args.one, args.max_children)
         write_report(args.out, args.one, verdicts(args.one))
+        return 0
+    if args.table:
+        found = [args.out / f"{m}.json" for m in args.modules or MODULES if (args.out / f"{m}.json").exists()]
+        print(table([json.loads(path.read_text()) for path in found], "make mutate"))
         return 0
 
     unknown = [m for m in args.modules if m not in MODULES]
