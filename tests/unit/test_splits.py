@@ -180,3 +180,8 @@ def test_a_split_meant_for_validation_or_testing_must_hold_images(tmp_path):
     path.write_bytes(torch_bytes(good_split(1)))
     images, labels = load_nonempty_split(path, "test")
     assert images.shape == (1, 28, 28) and labels.shape == (1,)
+
+
+def test_a_label_past_the_ten_classes_is_not_dropped_from_the_counts_unseen():
+    with pytest.raises(ValueError, match="longer"):
+        class_counts(torch.tensor([0, 12]))
