@@ -1,10 +1,13 @@
 # Two commands get you going on a fresh clone (Python 3.10 to 3.13 and pip are all you need):
 #   make repro   set up .venv on first use, then run the whole pipeline (dvc repro)
 #   make test    set up .venv with the test extra on first use, then run the tests
+#   make lint    ruff check . alone (make test runs it too, as a test)
+#   make dashboard   optuna-dashboard on the sweep's study: http://127.0.0.1:8080 (docs/sweep.md)
 #   make compare BASE=main   compare the workspace's results with BASE's (reports/compare.md)
 #   make lock    re-resolve the lock (requirements/) after editing pyproject.toml's dependencies
 #   make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   a hyperparameter search (docs/sweep.md)
 #   make fuzz FUZZ_SECONDS=300   fuzz every reader of the project's files (docs/fuzzing.md)
+#   make mutate MUTATE_MODULES=classifier   mutation testing of the code that decides results (docs/testing.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -36,18 +39,24 @@ ARGS   ?=
 # `make fuzz`: seconds of fuzzing each target, and which targets (all, or names: python -m fuzz --list).
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= all
+# `make mutate`: the modules (scripts/mutate.py's MODULES; empty: all six) and mutants tested at once.
+MUTATE_MODULES  ?=
+MUTATE_CHILDREN ?= 1
 
-.PHONY: repro test compare bench lock sweep fuzz plots-page help
+.PHONY: repro test compare bench lock sweep fuzz mutate plots-page help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make repro   run the pipeline (creates .venv on first use)"
 	@echo "make test    run the test suite (creates .venv on first use)"
+	@echo "make lint    ruff check . alone (the test suite runs it too)"
+	@echo "make dashboard [STORAGE=sqlite:///.dvc/tmp/sweep/optuna.db] [DASHBOARD_PORT=8080]   a sweep's trials in the browser (docs/sweep.md)"
 	@echo "make bench   tutorial's training vs this project's: reports/bench.md"
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
 	@echo "make lock    re-resolve requirements/ from pyproject.toml (UPGRADE=1: newest releases)"
 	@echo "make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   hyperparameter search, every trial a DVC experiment (docs/sweep.md)"
 	@echo "make fuzz FUZZ_SECONDS=300 FUZZ_TARGETS='model picture'   coverage-guided fuzzing of the readers, one target at a time (docs/fuzzing.md)"
+	@echo "make mutate MUTATE_MODULES='classifier loop'   mutation testing of the code that decides results: reports/mutate/ (docs/testing.md)"
 
 # The lock, installed exactly: pip first (an old one can't install the project editable), then
 # the runtime, then the project itself, built by the locked setuptools; the last step removes
@@ -89,6 +98,11 @@ repro: $(VENV)/.installed $(PLOTS_PAGE)
 test: $(VENV)/.installed-test
 	$(RUN) python -m pytest
 
+# Mutation testing (mutmut, [tool.mutmut] in pyproject.toml): each module against its own unit
+# tests, one after the other; about N minutes for all six on 2 CPU cores (docs/testing.md).
+mutate: $(VENV)/.installed-test
+	$(RUN) python scripts/mutate.py --max-children $(MUTATE_CHILDREN) $(MUTATE_MODULES)
+
 # The benchmark trains several models one after the other: about 15 minutes on 2 CPU cores.
 bench: $(VENV)/.installed
 	$(RUN) dvc repro download
@@ -107,6 +121,23 @@ lock:
 # Every trial is a DVC experiment; the same command again continues the study (docs/sweep.md).
 sweep: $(VENV)/.installed
 	$(RUN) fmnist-sweep --trials $(TRIALS) --jobs $(JOBS) $(ARGS)
+
+# The linter alone, as [tool.ruff] in pyproject.toml configures it; `make test` runs it as a test
+# (tests/unit/test_lint.py), so that its findings show in the summary beside the rest.
+lint: $(VENV)/.installed-test
+	$(RUN) ruff check .
+
+# A sweep's study in the browser (docs/sweep.md): optuna-dashboard, locked with the test tools, on
+# 127.0.0.1 only. STORAGE: the sweep's --storage (default: fmnist-sweep's own); a shared one is
+# postgresql+psycopg://USER@HOST/DATABASE.
+STORAGE        ?= sqlite:///.dvc/tmp/sweep/optuna.db
+DASHBOARD_PORT ?= 8080
+dashboard: $(VENV)/.installed-test
+	@case '$(STORAGE)' in sqlite:///*) test -f '$(patsubst sqlite:///%,%,$(STORAGE))' || { \
+	  echo "no study at $(STORAGE): run a sweep first (make sweep), or name its storage with STORAGE=..." >&2; exit 1; };; esac
+	$(RUN) optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) '$(STORAGE)'
+
+.PHONY: lint dashboard
 
 # atheris (the test extra, Linux) on each reader in turn, FUZZ_SECONDS each; crashes are saved
 # outside the repository, and the command names them (docs/fuzzing.md).

@@ -9,8 +9,8 @@ Trains, one after the other on the same machine, each in its own process:
   ToTensor and Normalize((0.5,), (0.5,)) through a shuffled DataLoader, 5 epochs, on the
   full 60,000 training images. Its time is the training loop's alone; the test set is
   scored after each epoch, off the clock.
-- each profile in PROFILES (params.yaml plus the profile's train overrides), once per
-  seed, in two ways:
+- each profile named with --profiles (by default CPU_PROFILES; params.yaml plus the
+  profile's train overrides from PROFILES), once per seed, in two ways:
   1. as a user runs it: the train and evaluate stages' own commands, read from
      dvc.yaml, as subprocesses in a scratch folder holding the profile's params.yaml and
      the prepared data (prepared once, off the clock). Their wall times include Python's
@@ -45,9 +45,11 @@ from tqdm import tqdm
 from fmnist.model.classifier import Classifier, score
 from fmnist.model.device import pick_device, pick_dtype
 from fmnist.model.nets import build_model
+from fmnist.params import parse_params
 from fmnist.raw import RAW_FILES, read_raw_split
+from fmnist.serve.provenance import pipeline_paths
 from fmnist.splits import split_train_val
-from fmnist.training.loop import CHECK_EVERY, Settings, build, fit
+from fmnist.training.loop import CHECK_EVERY, build, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 # Test accuracies whose time is reported: the tutorial's (89%), 94% for both profiles, and
@@ -59,7 +61,11 @@ PROFILES = {
     "fast": {"model": "cnn3_small", "epochs": 1, "batch_size": 128, "lr": 0.1},
     # The most accurate net measured here, in the epochs that fit the tutorial's time (docs/benchmark.md).
     "cnn6": {"model": "cnn6", "epochs": 11},
+    # For a CUDA GPU: twice the batch keeps it busier, and compiling pays off there (on a CPU
+    # it costs a minute and runs slower). Not measured yet: `--profiles gpu` on a GPU does.
+    "gpu": {"batch_size": 512, "compile": True},
 }
+CPU_PROFILES = ("default", "fast", "cnn6")  # what `make bench` runs when no --profiles are named
 
 
 def peak_rss_mib(who: int) -> float:
@@ -115,7 +121,7 @@ def run_reference(raw: Path, epochs: int = 5) -> dict:
 def pipeline() -> tuple[dict, dict]:
     """dvc.yaml's stages and its vars (the paths the stages are given)."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    return spec["stages"], {k: v for block in spec.get("vars", []) for k, v in block.items()}
+    return spec["stages"], pipeline_paths(ROOT)
 
 
 def stage_command(stage: str) -> list[str]:
@@ -165,46 +171,39 @@ def run_stages(prepared: Path, params: dict) -> dict:
 
 # --- a profile in this process: when does it reach each of TARGETS? ---------------
 
-class _Reached(Exception):
-    pass
-
-
 def time_to_target(raw: Path, params: dict) -> dict:
     """Train with fmnist.training.loop.fit (the train stage's own loop), scoring the test set every
     CHECK_EVERY steps off the clock, until test accuracy reaches the last of TARGETS; the
     seconds it took to reach each (None: not reached)."""
-    p, data = params["train"], {}
+    params = parse_params(params, "the profile's params")
+    p, data = params.train, {}
     for split in ("train", "test"):
         data[split] = read_raw_split(raw, split)
-    train_idx, val_idx = split_train_val(len(data["train"][1]), params["data"]["val_size"], params["data"]["seed"])
-    device = pick_device(p["device"])
-    dtype = pick_dtype(p["precision"], device)
+    train_idx, val_idx = split_train_val(len(data["train"][1]), params.data.val_size, params.data.seed)
+    device = pick_device(p.device)
+    dtype = pick_dtype(p.precision, device)
     images, labels = data["train"]
     train = images[train_idx].to(device), labels[train_idx].to(device)
     val = images[val_idx].to(device), labels[val_idx].to(device)
     clock = {"start": time.perf_counter(), "paused": 0.0, "steps": 0, "reached": dict.fromkeys(map(str, TARGETS))}
 
-    def test_score(epoch: int, step: int) -> None:  # off the clock
+    def test_score(epoch: int, step: int) -> bool:  # off the clock; True (stop) at the last target
         t = time.perf_counter()
         elapsed = t - clock["start"] - clock["paused"]
         clock["steps"] += step % CHECK_EVERY or CHECK_EVERY
         kept = state.ema.module if state.ema is not None else state.net
-        result = score(Classifier(kept, mirror=params["evaluate"]["tta"]), *data["test"], device=device,
-                       batch_size=params["evaluate"]["batch_size"], dtype=dtype)
+        result = score(Classifier(kept, mirror=params.evaluate.tta), *data["test"], device=device,
+                       batch_size=params.evaluate.batch_size, dtype=dtype)
         clock["paused"] += time.perf_counter() - t
         for target in TARGETS:
             if result.accuracy >= target and clock["reached"][str(target)] is None:
                 clock["reached"][str(target)] = elapsed
-        if result.accuracy >= TARGETS[-1]:
-            raise _Reached
+        return result.accuracy >= TARGETS[-1]
 
-    state = build(p, len(train[1]), device)
-    try:
-        fit(state, train, val, Settings.from_params(p, device, dtype, progress_bar=False), on_step=test_score)
-    except _Reached:
-        pass
+    state = build(p, len(train[1]), device, dtype)
+    fit(state, train, val, p, should_stop=test_score)
     seconds = time.perf_counter() - clock["start"] - clock["paused"]
-    return {"seconds_to": clock["reached"], "images_per_second": clock["steps"] * p["batch_size"] / seconds}
+    return {"seconds_to": clock["reached"], "images_per_second": clock["steps"] * p.batch_size / seconds}
 
 
 def one(args) -> None:
@@ -260,8 +259,8 @@ def markdown(rows: list[dict]) -> str:
     ref_time = ref["train_seconds"]
     targets = [f"{t:.1%}".replace(".0%", "%") for t in TARGETS]
     lines = [
-        f"| run | seeds | test acc per seed (%) | mean (%) | min (%) | train stage (s) | evaluate stage (s) "
-        f"| train + evaluate (s) | " + " | ".join(f"time to {t} (s)" for t in targets) + " | peak RSS (MiB) "
+        "| run | seeds | test acc per seed (%) | mean (%) | min (%) | train stage (s) | evaluate stage (s) "
+        "| train + evaluate (s) | " + " | ".join(f"time to {t} (s)" for t in targets) + " | peak RSS (MiB) "
         f"| train / reference's time | train + evaluate / reference's time | time to {targets[0]} / reference's |",
         "|---|---|---|---|---|---|---|---|---|" + "---|" * len(TARGETS) + "---|---|---|",
     ]
@@ -278,10 +277,10 @@ def markdown(rows: list[dict]) -> str:
             f"| {_fraction(r['seconds_to'].get(first), ref['seconds_to'].get(first))} |").replace("%", ""))
     notes = [
         "",
-        f"The reference's times are its training loop's alone (no start-up, no data loading), its "
-        f"times to each accuracy are at epoch granularity and its accuracy is its last epoch's; the profiles' stage times "
-        f"are the `python stages/...` commands' wall times, start-up included, their times to each accuracy are "
-        f"scored every {CHECK_EVERY} steps.",
+        (f"The reference's times are its training loop's alone (no start-up, no data loading), its "
+         f"times to each accuracy are at epoch granularity and its accuracy is its last epoch's; the profiles' stage "
+         f"times are the `python stages/...` commands' wall times, start-up included, their times to each accuracy "
+         f"are scored every {CHECK_EVERY} steps."),
     ]
     notes.append("A dash: not reached (by every seed, for a mean).")
     return "\n".join(lines + notes) + "\n"
@@ -293,7 +292,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="reports/bench", help="writes OUT.json and OUT.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--profiles", nargs="+", default=list(CPU_PROFILES), choices=list(PROFILES))
     parser.add_argument("--reference-epochs", type=int, default=5)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)

@@ -10,10 +10,10 @@ the others by Pillow), then reads it in a fresh process the way fmnist-predict d
 peak resident memory (VmHWM) after its imports and at the end: the difference is what the
 picture cost. Cases, at fmnist.serve.images.MAX_PIXELS unless the format can't be that large:
 PNG RGBA 8-bit and 16-bit, grey PNG, baseline and progressive JPEG (4:2:0 colour, as
-cameras write it; progressive at its own limit), CMYK JPEG (baseline and progressive), TIFF (deflate), BMP (24-bit, as large as MAX_FILE_BYTES
-lets it be), GIF, WebP (at its own, lower limit, MAX_WEBP_PIXELS). The `batches` case runs
-fmnist-predict on many small pictures against a few, to show the memory doesn't grow with
-their number. Memory, not time, is the point; the seconds are for information only.
+cameras write it; progressive at its own limit), CMYK JPEG (baseline and progressive), TIFF (deflate),
+BMP (24-bit, as large as MAX_FILE_BYTES lets it be), GIF, WebP (at its own, lower limit,
+MAX_WEBP_PIXELS). The `batches` case runs fmnist-predict on many small pictures against a few, to
+show the memory doesn't grow with their number. Memory, not time, is the point; the seconds are for information only.
 """
 
 from __future__ import annotations
@@ -159,18 +159,19 @@ def batches(folder: Path, counts: tuple[int, ...] = (10, 2000)) -> list[dict]:
     """fmnist-predict on `count` small pictures (one file named many times) with a fresh model."""
     import torch
 
-    from fmnist.model.nets import build_model
     from fmnist.model.model_file import save_model
+    from fmnist.model.nets import build_model
 
     model = folder / "model.pt"
     torch.manual_seed(0)
-    save_model(model, build_model("cnn3v2").state_dict(), params={"model": "cnn3v2"}, epoch=1, val_acc=0.0, environment={},
-               data_sha256="0" * 64)
+    save_model(model, build_model("cnn3v2").state_dict(), params={"model": "cnn3v2"}, epoch=1, val_acc=0.0,
+               environment={}, data_sha256="0" * 64)
     picture = folder / "small.png"
     write_png(picture, 300, 400, 2, 1)
     rows = []
     for count in counts:
-        code = HWM + "import sys\nfrom fmnist.serve.predict import cli\ncode = cli(sys.argv[1:])\nprint(hwm(), file=sys.stderr)"
+        code = HWM + ("import sys\nfrom fmnist.serve.predict import cli\ncode = cli(sys.argv[1:])\n"
+                      "print(hwm(), file=sys.stderr)")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", code, "--model", str(model), *[str(picture)] * count],
@@ -210,7 +211,8 @@ def main() -> None:
                              "outcome": got["outcome"]})
                 path.unlink()
             print(json.dumps(rows[-1]), flush=True)
-    lines = ["| case | size | file MB | peak MB | of which the picture | seconds | outcome |", "|---|---|---|---|---|---|---|"]
+    lines = ["| case | size | file MB | peak MB | of which the picture | seconds | outcome |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['what']} | {r['size']} ({_mp(r['size'])} MP) | {r['file_mb']:.1f} | {r['peak_mb']:.0f} | "
                      f"{r.get('picture_mb', float('nan')):.0f} | {r['seconds']:.1f} | {r['outcome']} |")

@@ -14,8 +14,8 @@ import io
 
 import torch
 
-from fmnist.model.classifier import Classifier
 from fmnist.core.errors import PipelineError
+from fmnist.model.classifier import Classifier
 
 INPUT, OUTPUT = "pixels", "probabilities"
 INPUT_DOC = ("uint8 pixels (N, 1, 28, 28), 0-255, a light garment on a dark ground, "

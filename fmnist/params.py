@@ -1,112 +1,211 @@
-"""params.yaml, the one source of settings: read it and check every key before any work starts.
+"""params.yaml, the one source of settings, read once into one typed, checked object.
 
-    params = load_params()            # the whole file, checked; ParamError lists every problem
-    errors = check_params(mapping)    # the same checks on a mapping, one message per problem
+    params = load_params()          # Params: params.train.lr, params.train.augment.shift, ...
+    errors = check_params(mapping)  # the same checks on a mapping (the sweep's), one message per problem
 
-Every key the pipeline knows is listed in SCHEMA with its type and allowed range; an
-unknown key is an error too (with the closest known key suggested), so a typo can't
-silently fall back to a default. Values that are each fine but can't train together
-(more processes than training images, say) are refused too: see `size_problems`.
+Each section is a pydantic model below: its fields are the keys params.yaml must hold,
+typed and ranged; an unknown key is an error too (with the closest known key suggested),
+so a typo can't silently fall back to a default. Values that are each fine but can't
+train together (more processes than training images, say) are refused too: see
+`size_problems`. `train.model` is checked where the nets are registered
+(fmnist/model/nets.py), so that editing a net doesn't rerun the stages that only read
+params (prepare).
 """
 
 from __future__ import annotations
 
-import difflib
-import math
-from dataclasses import dataclass
+import copy
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from fmnist.core.dataset import OFFICIAL_COUNTS
-from fmnist.core.errors import ParamError, one_line, printable, reason, shown
+from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, one_line, printable, reason, shown
+from fmnist.core.io import read_bytes
 
 PARAMS_FILE = "params.yaml"
-# train.model names one of the nets of fmnist.model.nets (its ARCHITECTURES; a test keeps the
-# two lists equal). Named here rather than imported, so that editing a net's definition
-# doesn't make the stages that only read params (prepare) rerun.
-MODELS = ("cnn3v2", "cnn6", "cnn3", "cnn3_small", "cnn", "lenet")
-OPTIMIZERS = ("sgd", "adamw")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
+MAX_PARAMS_BYTES = 1 << 20  # a few dozen lines; anything near this is not a params file
 TRAIN_IMAGES = OFFICIAL_COUNTS["train"]  # size of the training file the validation set is cut from
 SEED_MAX = 2**32 - 1  # numpy's global seed (seeded from train.seed) takes no more
 
 
-@dataclass(frozen=True)
-class Rule:
-    kind: type
-    allowed: str  # how the message describes the allowed values
-    ok: Callable[[Any], bool] = lambda v: True
+def _int_as_float(value: Any) -> Any:
+    # 1 is a fine learning rate; true is not (bool is an int to Python).
+    return float(value) if type(value) is int else value
 
 
-def _int(lo: int, hi: int | None = None) -> Rule:
-    text = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
-    return Rule(int, text, lambda v: v >= lo and (hi is None or v <= hi))
+Number = Annotated[float, BeforeValidator(_int_as_float), Field(allow_inf_nan=False)]
+Seed = Annotated[int, Ge(0), Le(SEED_MAX)]
 
 
-def _choice(options: tuple[str, ...]) -> Rule:
-    return Rule(str, "one of " + ", ".join(options), lambda v: v in options)
+class Section(BaseModel):
+    """A section of params.yaml: exact types (no "5" for 5), every key given, no others."""
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-def _float(lo: float, hi: float, lo_open: bool = True, hi_open: bool = False) -> Rule:
-    low, high = (">" if lo_open else ">="), ("<" if hi_open else "<=")
-    return Rule(float, f"a finite number {low} {lo:g} and {high} {hi:g}",
-                lambda v: math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
+class Data(Section):
+    val_size: Annotated[int, Ge(1), Le(TRAIN_IMAGES - 1)]  # images held out of the training file
+    seed: Seed                                              # the train/validation split
 
 
-_BOOL = Rule(bool, "true or false")
-
-SCHEMA: dict[str, dict[str, Rule]] = {
-    "data": {
-        "val_size": _int(1, TRAIN_IMAGES - 1),
-        "seed": _int(0, SEED_MAX),
-    },
-    "train": {
-        "model": _choice(MODELS),
-        "epochs": _int(1),
-        "batch_size": _int(1),
-        "optimizer": _choice(OPTIMIZERS),
-        "lr": _float(0, 10),
-        "momentum": _float(0, 1, lo_open=False, hi_open=True),  # AdamW's beta1 must be < 1
-        "weight_decay": _float(0, 1, lo_open=False),
-        "label_smoothing": _float(0, 1, lo_open=False),
-        "augment": _BOOL,
-        "shift": _int(0, 8),
-        "erase": _float(0, 1, lo_open=False),
-        "ema": _float(0, 0.9999, lo_open=False),
-        "seed": _int(0, SEED_MAX),
-        "device": _choice(DEVICES),
-        "precision": _choice(PRECISIONS),
-        "compile": _BOOL,
-        "nproc": _int(1, 64),
-        "max_restarts": _int(0, 100),
-        "resume": _BOOL,
-    },
-    "evaluate": {
-        "batch_size": _int(1),
-        "tta": _BOOL,
-        "misclassified": _int(0, 400),
-    },
-    "compare": {
-        "max_accuracy_drop": _float(0, 1, lo_open=False),
-    },
-}
+class Augment(Section):
+    """Training-time augmentation (fmnist/training/augment.py); each one off at false or 0."""
+    flip: bool                                 # mirror a random half of each batch left to right
+    shift: Annotated[int, Ge(0), Le(8)]        # pixels each image may move in each direction
+    erase: Annotated[Number, Ge(0), Le(1)]     # probability of blanking a random patch
 
 
-def _suggest(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+class Train(Section):
+    model: Annotated[str, Field(description="the name of a net registered in fmnist/model/nets.py")]  # checked there
+    epochs: Annotated[int, Ge(1)]
+    batch_size: Annotated[int, Ge(1)]  # images a step, over all processes
+    optimizer: Literal["sgd", "adamw"]
+    lr: Annotated[Number, Gt(0), Le(10)]  # peak of the one-cycle schedule
+    momentum: Annotated[Number, Ge(0), Lt(1)]  # AdamW's beta1 must be < 1
+    weight_decay: Annotated[Number, Ge(0), Le(1)]
+    label_smoothing: Annotated[Number, Ge(0), Le(1)]
+    augment: Augment
+    ema: Annotated[Number, Ge(0), Le(0.9999)]  # 0: off
+    seed: Seed
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    precision: Literal["auto", "fp32", "bf16"]
+    compile: bool
+    nproc: Annotated[int, Ge(1), Le(64)]
+    max_restarts: Annotated[int, Ge(0), Le(100)]
+    resume: bool
 
 
-def _check_value(path: str, value: Any, rule: Rule) -> str | None:
-    kind = type(value)
-    if rule.kind is float and kind is int:  # 1 is a fine learning rate; true is not
-        value, kind = float(value), float
-    if kind is not rule.kind or not rule.ok(value):
-        return f"{path}: got {shown(value)}, expected {rule.allowed}"
-    return None
+class Evaluate(Section):
+    batch_size: Annotated[int, Ge(1)]
+    tta: bool
+    misclassified: Annotated[int, Ge(0), Le(400)]
+
+
+class Compare(Section):
+    max_accuracy_drop: Annotated[Number, Ge(0), Le(1)]
+
+
+class Params(Section):
+    data: Data
+    train: Train
+    evaluate: Evaluate
+    compare: Compare
+
+
+DEVICES: tuple[str, ...] = get_args(Train.model_fields["device"].annotation)
+
+
+def _allowed(field) -> str:
+    """How a message describes a field's allowed values, from its type and bounds."""
+    kind = field.annotation
+    if get_origin(kind) is Literal:
+        return "one of " + ", ".join(get_args(kind))
+    if kind is bool:
+        return "true or false"
+    if isinstance(kind, type) and issubclass(kind, Section):
+        return "a mapping of " + ", ".join(kind.model_fields)
+    bounds = {type(m): getattr(m, type(m).__name__.lower()) for m in field.metadata if isinstance(m, (Ge, Gt, Le, Lt))}
+    if kind is int:
+        lo, hi = bounds.get(Ge), bounds.get(Le)
+        return f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+    if kind is str:
+        return field.description or "text"
+    if kind is float:
+        low = f"> {bounds[Gt]:g}" if Gt in bounds else f">= {bounds[Ge]:g}"
+        high = f"< {bounds[Lt]:g}" if Lt in bounds else f"<= {bounds[Le]:g}"
+        return f"a finite number {low} and {high}"
+    return "text"
+
+
+def leaves(model: type[Section] = Params, prefix: str = "") -> dict[str, Any]:
+    """Every settable param by its dotted name (train.augment.shift), with its pydantic field."""
+    out = {}
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, Section):
+            out.update(leaves(kind, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field
+    return out
+
+
+def kind_of(name: str) -> type:
+    """The Python type of a leaf param's values (int, float, bool, str)."""
+    kind = leaves()[name].annotation
+    return str if get_origin(kind) is Literal else kind
+
+
+def allowed(name: str) -> str:
+    return _allowed(leaves()[name])
+
+
+def value_of(params: dict, name: str) -> Any:
+    """The dotted param `name` (train.augment.shift) of the mapping `params`."""
+    node = params
+    for key in name.split("."):
+        node = node[key]
+    return node
+
+
+def with_value(params: dict, name: str, value: Any) -> dict:
+    """A copy of the mapping `params` with the dotted param `name` set to `value`."""
+    out = copy.deepcopy(params)
+    *sections, key = name.split(".")
+    node = out
+    for section in sections:
+        node = node[section]
+    node[key] = value
+    return out
+
+
+def _field(model: type[Section], path: tuple) -> tuple[type[Section] | None, Any]:
+    """The model holding the last key of `path`, and that key's field (None: unknown)."""
+    for key in path[:-1]:
+        field = model.model_fields.get(key)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, Section)):
+            return None, None
+        model = field.annotation
+    return model, model.model_fields.get(path[-1])
+
+
+def _message(error: dict, given: Any) -> str:
+    """One line for one of pydantic's errors, naming the dotted key; `given`: the mapping checked."""
+    path = tuple(str(p) for p in error["loc"])
+    where = ".".join(printable(flat(p, 40)) for p in path)
+    model, field = _field(Params, path) if path else (Params, None)
+    if not path:
+        sections = ", ".join(Params.model_fields)
+        return f"expected a mapping of sections ({sections}) at the top, got {shown(error['input'])}"
+    if error["type"] in ("extra_forbidden", "invalid_key") or field is None:  # a key not of ours (1: 2 too)
+        known = list(model.model_fields) if model else []
+        if len(path) == 1:
+            return (f"unknown section {shown(path[0], 40)}{did_you_mean(path[0], known)}; "
+                    f"known sections: {', '.join(known)}")
+        return f"{where}: unknown key{did_you_mean(path[-1], known)}; known keys: {', '.join(known)}"
+    if error["type"] == "missing":
+        if len(path) == 1:
+            return f"{where}: section missing; it needs {', '.join(field.annotation.model_fields)}"
+        return f"{where}: missing; expected {_allowed(field)}"
+    try:  # the value as the file holds it (1, not the 1.0 it was converted to)
+        value = value_of(given, ".".join(path))
+    except (KeyError, TypeError):
+        value = error["input"]
+    return f"{where}: got {shown(value)}, expected {_allowed(field)}"
+
+
+def _validate(params: Any) -> tuple[Params | None, list[str]]:
+    try:
+        return Params.model_validate(params), []
+    except ValidationError as exc:
+        messages = []
+        for error in exc.errors():
+            text = _message(error, params)
+            if text not in messages:  # a field of two types reports each; one line is enough
+                messages.append(text)
+        return None, messages
 
 
 def val_size_problem(images: int, val_size: int, source: str = "Fashion-MNIST") -> str | None:
@@ -138,59 +237,49 @@ def size_problems(images: int, val_size: int, batch_size: int, nproc: int, sourc
     return [p for p in problems if p]
 
 
+def check_sizes(images: int, val_size: int, batch_size: int, nproc: int, source: str) -> None:
+    """ParamError with the first of `size_problems`: for data that may hold fewer images
+    than the official files params.yaml's check assumed."""
+    problems = size_problems(images, val_size, batch_size, nproc, source)
+    if problems:
+        raise ParamError(problems[0])
+
+
 def check_params(params: Any) -> list[str]:
-    """Return one message per problem in `params` (empty when all is well)."""
-    if not isinstance(params, dict):
-        return [f"expected a mapping of sections ({', '.join(SCHEMA)}) at the top, got {shown(params)}"]
-    errors = []
-    for section, value in params.items():
-        if section not in SCHEMA:
-            errors.append(f"unknown section {shown(section, 40)}{_suggest(str(section), list(SCHEMA))}; "
-                          f"known sections: {', '.join(SCHEMA)}")
-        elif not isinstance(value, dict):
-            errors.append(f"{section}: expected a mapping of keys, got {shown(value)}")
-    for section, rules in SCHEMA.items():
-        given = params.get(section)
-        if not isinstance(given, dict):
-            if section not in params:
-                errors.append(f"{section}: section missing; it needs {', '.join(rules)}")
-            continue
-        for key in given:
-            if key not in rules:
-                name = printable(" ".join(str(key).split())[:40])
-                errors.append(f"{section}.{name}: unknown key{_suggest(str(key), list(rules))}; "
-                              f"known keys: {', '.join(rules)}")
-        for key, rule in rules.items():
-            if key not in given:
-                errors.append(f"{section}.{key}: missing; expected {rule.allowed}")
-            else:
-                problem = _check_value(f"{section}.{key}", given[key], rule)
-                if problem:
-                    errors.append(problem)
-    if not errors:  # each value is fine on its own: do they train together?
-        errors = size_problems(TRAIN_IMAGES, params["data"]["val_size"], params["train"]["batch_size"],
-                               params["train"]["nproc"])
-    return errors
+    """Return one message per problem in the mapping `params` (empty when all is well)."""
+    checked, errors = _validate(params)
+    if checked is None:
+        return errors
+    # Each value is fine on its own: do they train together?
+    return size_problems(TRAIN_IMAGES, checked.data.val_size, checked.train.batch_size, checked.train.nproc)
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> dict:
-    """Read and check the whole params file; raise ParamError listing every problem."""
+def parse_params(params: Any, where: str = PARAMS_FILE) -> Params:
+    """A mapping (params.yaml as YAML reads it) as Params; ParamError listing every problem."""
+    checked, errors = _validate(params)
+    if checked is not None:
+        errors = size_problems(TRAIN_IMAGES, checked.data.val_size, checked.train.batch_size, checked.train.nproc)
+    if len(errors) == 1:
+        raise ParamError(f"{where}: {errors[0]}")
+    if errors:  # one line each
+        raise ParamError(f"{where} has {len(errors)} problems:\n  " + "\n  ".join(errors))
+    return checked
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and check the whole params file, once; raise ParamError listing every problem."""
+    path = Path(path)
+    restore = f"restore it with `git checkout {path}`"
     try:
-        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamError(f"{path}: file not found; run from the repository's top folder") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParamError(f"{path}: cannot be read as text ({reason(exc)}); restore it with "
-                         f"`git checkout {path}`") from None
+        data = read_bytes(path, "run from the repository's top folder", MAX_PARAMS_BYTES, "a params file")
+        params = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ParamError(f"{path}: cannot be read as text ({reason(exc)}); {restore}") from None
     except Exception as exc:  # noqa: BLE001 - YAMLError; RecursionError (deep nesting); what PyYAML's constructors
         # raise for a tag they can't build (`!!float x` ValueError, `!!float` IndexError, `!!bool x` KeyError)
-        raise ParamError(f"{path}: not valid YAML: {one_line(exc)}; fix it or restore it with "
-                         f"`git checkout {path}`") from None
+        raise ParamError(f"{path}: not valid YAML: {one_line(exc)}; fix it or {restore}") from None
+    except DataError as exc:  # missing, unreadable, not a file, too large: the params are at fault
+        raise ParamError(str(exc)) from None
     if params is None:
-        raise ParamError(f"{path}: the file is empty; restore it with `git checkout {path}`")
-    errors = check_params(params)
-    if len(errors) == 1:
-        raise ParamError(f"{path}: {errors[0]}")
-    if errors:  # one line each
-        raise ParamError(f"{path} has {len(errors)} problems:\n  " + "\n  ".join(errors))
-    return params
+        raise ParamError(f"{path}: the file is empty; {restore}")
+    return parse_params(params, str(path))

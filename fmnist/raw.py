@@ -8,8 +8,9 @@ downloaded from the mirrors torchvision knows, with their MD5 sums checked. Eith
 every file is parsed and checked before anyone writes it: a bad file never reaches the
 DVC cache. Each file is read as a stream (`read_idx`) and stopped as soon as it is longer
 than its header says or than any file of Fashion-MNIST can be (MAX_COUNT items): a gzip
-bomb, /dev/zero or a pipe fed forever costs one line naming the file, and at most
-MAX_COUNT items' worth of memory.
+bomb or a pipe fed forever costs one line naming the file, and at most MAX_COUNT items'
+worth of memory. What is not a file (a folder, a device such as /dev/zero, a socket, a
+loop of links, a named pipe with no writer) is refused unread (fmnist.core.io.check_input).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import urllib.request
 import zlib
 from pathlib import Path
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from fmnist.core.dataset import MAX_COUNT, OFFICIAL_COUNTS, SIZE
 from fmnist.core.errors import DataError
-from fmnist.core.io import open_bounded, read_bytes, size_text
+from fmnist.core.io import open_bounded, read_bytes, size_text, what_is
 
 # The four files of the standard release, keyed by split and kind.
 RAW_FILES = {
@@ -147,7 +149,8 @@ def idx_array(data: bytes | bytearray, kind: str) -> np.ndarray:
 
 
 def read_idx_file(path: Path, kind: str, hint: str) -> bytearray:
-    """read_idx of a file (regular, a pipe, a device): at most max_file_bytes(kind) are read."""
+    """read_idx of a file, or a pipe something writes to: at most max_file_bytes(kind) are read;
+    anything else (a device, a folder, a named pipe with no writer) is refused unread."""
     with open_bounded(path, hint, max_file_bytes(kind), _what(kind)) as stream:
         return read_idx(stream, str(path), kind)
 
@@ -187,9 +190,15 @@ def _kind(name: str) -> str:
     return next(kind for (_, kind), file in RAW_FILES.items() if file == name)
 
 
+def _there(path: Path) -> bool:
+    """Whether `path` is there, whatever it is: a link to nothing, a loop of links, a pipe or a
+    device too, which read_idx_file then refuses by name, saying what it is."""
+    return os.path.lexists(path)
+
+
 def _read_local(folder: Path, name: str) -> bytearray:
     for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.exists():  # a pipe or a device too: it is read as a stream, and bounded
+        if _there(candidate):
             return read_idx_file(candidate, _kind(name), f"check {RAW_ENV}={folder}")
     raise DataError(f"{folder / name}: missing (neither {name} nor {name}.gz is in {RAW_ENV}={folder})")
 
@@ -197,8 +206,9 @@ def _read_local(folder: Path, name: str) -> bytearray:
 def _fetch(url: str, path: Path, limit: int) -> str:
     """Stream `url` into `path`, at most `limit` bytes of it; its MD5 sum."""
     md5 = hashlib.md5(usedforsecurity=False)
-    request = urllib.request.Request(url, headers={"User-Agent": "pytorch/vision"})  # torchvision's, which the mirror knows
-    with urllib.request.urlopen(request, timeout=60) as response, open(path, "wb") as out:
+    # torchvision's User-Agent, which the mirror knows.
+    request = urllib.request.Request(url, headers={"User-Agent": "pytorch/vision"})  # noqa: S310 - torchvision's mirrors, https
+    with urllib.request.urlopen(request, timeout=60) as response, open(path, "wb") as out:  # noqa: S310 - as above
         declared = response.headers.get("Content-Length")
         total = int(declared) if declared and declared.isdigit() and int(declared) <= limit else None
         # A bar on a terminal only (disable=None): logs and CI get the "downloading" line alone.
@@ -207,7 +217,8 @@ def _fetch(url: str, path: Path, limit: int) -> str:
             while chunk := response.read(_CHUNK):
                 done += len(chunk)
                 if done > limit:
-                    raise DataError(f"{url}: more than {size_text(limit)}, larger than the file can be; not read further")
+                    raise DataError(f"{url}: more than {size_text(limit)}, larger than the file can be; "
+                                    f"not read further")
                 md5.update(chunk)
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -247,10 +258,12 @@ def fetch_raw(source: str | None, workdir: Path) -> dict[str, bytearray]:
     if source:
         folder = Path(source).expanduser()
         if not folder.is_dir():
-            raise DataError(f"{RAW_ENV}={source}: no such folder; point it at a folder holding the four IDX files")
+            found = what_is(folder)
+            found = "no such folder" if found == "missing" else f"{found}, not a folder"
+            raise DataError(f"{RAW_ENV}={source}: {found}; point it at a folder holding the four IDX files")
         # Every missing file named at once, not one per attempt.
         missing = [name for name in RAW_FILES.values() if not any(
-            (folder / candidate).exists() for candidate in (name, f"{name}.gz"))]
+            _there(folder / candidate) for candidate in (name, f"{name}.gz"))]
         if missing:
             raise DataError(f"{', '.join(missing)}: missing from {RAW_ENV}={folder} "
                             f"(neither NAME nor NAME.gz is there)")

@@ -36,7 +36,7 @@ def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, tor
 
 def class_counts(labels: torch.Tensor) -> dict[str, int]:
     counts = torch.bincount(labels, minlength=len(CLASSES)).tolist()
-    return {name: int(c) for name, c in zip(CLASSES, counts)}
+    return {name: int(c) for name, c in zip(CLASSES, counts, strict=True)}
 
 
 def split_file(images: torch.Tensor, labels: torch.Tensor) -> dict:

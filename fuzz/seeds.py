@@ -251,7 +251,7 @@ def sweep_seeds() -> dict[str, bytes]:
         "valid-sweep.yaml": (ROOT / "sweep.yaml").read_bytes(),
         "valid-small.yaml": b"space:\n  train.lr: {low: 0.01, high: 1, log: true}\n"
                             b"  train.model: {choices: [lenet, cnn]}\n"
-                            b"  train.shift: {low: 0, high: 4, step: 2}\nsampler: {seed: 3}\n",
+                            b"  train.augment.shift: {low: 0, high: 4, step: 2}\nsampler: {seed: 3}\n",
         "damaged-unknown-param.yaml": b"space:\n  train.lrr: {low: 0.1, high: 0.2}\n",
         "damaged-range.yaml": b"space:\n  train.lr: {low: 0.5, high: 0.1}\n",
         "damaged-log.yaml": b"space:\n  train.erase: {low: 0.0, high: 0.5, log: true}\n",

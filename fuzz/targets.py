@@ -163,10 +163,18 @@ def model_problem(outcome: tuple[str, str]) -> str | None:
 # train stage saves it after each epoch; resumed by a run of the same params.
 
 CHECKPOINT_PARAMS = {"model": "lenet", "epochs": 2, "batch_size": 16, "optimizer": "sgd", "lr": 0.05,
-                     "momentum": 0.9, "weight_decay": 0.0005, "label_smoothing": 0.1, "augment": True, "shift": 0,
-                     "erase": 0.0, "ema": 0.9, "seed": 0, "device": "cpu", "precision": "fp32", "compile": False,
-                     "nproc": 1, "max_restarts": 0, "resume": True}
+                     "momentum": 0.9, "weight_decay": 0.0005, "label_smoothing": 0.1,
+                     "augment": {"flip": True, "shift": 0, "erase": 0.0}, "ema": 0.9, "seed": 0, "device": "cpu",
+                     "precision": "fp32", "compile": False, "nproc": 1, "max_restarts": 0, "resume": True}
 TRAIN_IMAGES = 32
+
+
+@functools.cache
+def checkpoint_params():
+    """CHECKPOINT_PARAMS as the train stage holds them (fmnist.params.Train)."""
+    from fmnist.params import Train
+
+    return Train.model_validate(CHECKPOINT_PARAMS)
 
 
 @functools.cache
@@ -176,7 +184,7 @@ def checkpoint_run() -> tuple[dict, int]:
     from fmnist.training.distributed import steps_per_epoch
 
     images, labels = tiny_split(TRAIN_IMAGES + 16, seed=1)
-    key = run_key(CHECKPOINT_PARAMS, images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES], 1)
+    key = run_key(checkpoint_params(), images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES], 1)
     return key, steps_per_epoch(TRAIN_IMAGES, CHECKPOINT_PARAMS["batch_size"])
 
 
@@ -185,14 +193,14 @@ def checkpoint_files() -> tuple[bytes, ...]:
     """The checkpoint after each epoch of the run."""
     from fmnist.core.io import torch_bytes
     from fmnist.training.checkpoint import checkpoint_state
-    from fmnist.training.loop import Settings, build, fit
+    from fmnist.training.loop import build, fit
 
     images, labels = tiny_split(TRAIN_IMAGES + 16, seed=1)
     train = images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES]
     val = images[TRAIN_IMAGES:], labels[TRAIN_IMAGES:]
-    state = build(CHECKPOINT_PARAMS, TRAIN_IMAGES, CPU)
+    state = build(checkpoint_params(), TRAIN_IMAGES, CPU)
     saved = []
-    fit(state, train, val, Settings.from_params(CHECKPOINT_PARAMS, CPU, None, progress_bar=False),
+    fit(state, train, val, checkpoint_params(),
         on_epoch=lambda progress, _: saved.append(torch_bytes(checkpoint_state(progress, checkpoint_run()[0], state))))
     return tuple(saved)
 
@@ -211,7 +219,7 @@ def read_checkpoint(path: Path) -> tuple[Any, str]:
     from fmnist.training.loop import build
 
     key, steps = checkpoint_run()
-    state = build(CHECKPOINT_PARAMS, TRAIN_IMAGES, CPU)
+    state = build(checkpoint_params(), TRAIN_IMAGES, CPU)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         progress = resume(path, key, state, steps)

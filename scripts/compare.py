@@ -3,7 +3,7 @@
     make compare BASE=main                     # or, in the activated .venv:
     python scripts/compare.py --base main      # from the repository's top folder
 
-The report holds the params diff, test accuracy, loss and macro F1 (base, head, delta;
+The report holds the params diff, test accuracy and loss (base, head, delta;
 the numbers of `dvc metrics diff BASE`), per-class F1, the training curves of both
 sides as Mermaid charts, the confusion-matrix cells that changed, and a one-line
 verdict. It is the pull request's comment as it stands (.github/workflows/pull-request.yml
@@ -33,17 +33,21 @@ from tqdm import tqdm
 from fmnist.core.errors import PipelineError, run
 from fmnist.core.io import save_figure, write_text
 from fmnist.params import load_params
-from fmnist.serve.provenance import git, git_commit
+from fmnist.serve.provenance import git, git_commit, pipeline_paths
 from fmnist.serve.report import (
-    CURVES, confusion_figure, confusion_matrix, curves_figure, metrics_table, per_class_f1_table,
-    render_markdown, verdict,
+    CURVES,
+    confusion_figure,
+    confusion_matrix,
+    curves_figure,
+    metrics_table,
+    per_class_f1_table,
+    render_markdown,
+    verdict,
 )
 
-# The pipeline's outputs, as dvc.yaml's `vars` name them.
-EVAL = "metrics/eval.json"
-PER_CLASS = "metrics/per_class.csv"
-CONFUSION = "metrics/confusion.csv"
-PLOTS = "metrics/train/plots/metrics"  # DVCLive: <PLOTS>/<split>/<metric>.tsv
+# The pipeline's outputs it reads: dvc.yaml's `vars` (`live`: DVCLive's folder, curves in
+# <live>/plots/metrics/<split>/<metric>.tsv).
+OUTPUTS = ("eval", "per_class", "confusion", "live")
 PICTURES = {"curves.png": "training curves", "confusion.png": "both confusion matrices"}
 # The name of the workflow's artifact that holds reports/ (.github/workflows/pull-request.yml).
 ARTIFACT = "compare-report"
@@ -77,11 +81,12 @@ def read_head(path: str) -> str:
         raise PipelineError(f"{path}: missing in the workspace; run `dvc repro` (or `dvc pull`) first") from None
 
 
-def read_results(read) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame]:
+def read_results(read, paths: dict) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, pd.DataFrame]:
     """One side's training curves, confusion matrix and per-class table, each file read with `read(path)`."""
-    curves = {name: pd.read_csv(io.StringIO(read(f"{PLOTS}/{name}.tsv")), sep="\t") for name in CURVES}
-    per_class = pd.read_csv(io.StringIO(read(PER_CLASS)))
-    return curves, confusion_matrix(pd.read_csv(io.StringIO(read(CONFUSION)))), per_class
+    curves = {name: pd.read_csv(io.StringIO(read(f"{paths['live']}/plots/metrics/{name}.tsv")), sep="\t")
+              for name in CURVES}
+    per_class = pd.read_csv(io.StringIO(read(paths["per_class"])))
+    return curves, confusion_matrix(pd.read_csv(io.StringIO(read(paths["confusion"])))), per_class
 
 
 def pictures_sentence(out: Path, run_url: str | None) -> str:
@@ -98,12 +103,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for compare.md and the PNGs")
     parser.add_argument("--run-url", help="URL of the CI run whose artifact holds the PNGs (named in the report)")
     args = parser.parse_args()
-    if not Path("dvc.yaml").is_file():
-        raise PipelineError("dvc.yaml not found; run from the repository's top folder")
+    paths = pipeline_paths(Path("."), *OUTPUTS)
 
     sha = git_commit(args.base, hint="name an existing branch, tag or commit, or fetch it first: git fetch origin; "
                                      "a CI checkout needs the full history, fetch-depth: 0")
-    max_drop = load_params()["compare"]["max_accuracy_drop"]  # the head's threshold
+    max_drop = load_params().compare.max_accuracy_drop  # the head's threshold
 
     # DVC's look-ups take seconds each: on a terminal, a bar says which one is running. Closed
     # (its line cleared) on the way out, an error's included, before anything else is printed.
@@ -122,20 +126,22 @@ def main() -> None:
         step("dvc params diff, dvc metrics diff")
         # The same calls as `dvc params diff BASE` and `dvc metrics diff BASE --all`.
         params_diff = repo.params.diff(a_rev=sha).get("diff", {}).get("params.yaml", {})
-        eval_diff = repo.metrics.diff(a_rev=sha, all=True).get("diff", {}).get(EVAL, {})
+        eval_diff = repo.metrics.diff(a_rev=sha, all=True).get("diff", {}).get(paths["eval"], {})
         metrics = metrics_table(eval_diff)
         accuracy = metrics.set_index("key").loc["test_acc"]
         if pd.isna(accuracy["base"]):
             raise PipelineError(f"the base ({label(args.base, sha)}) has no committed results (no test accuracy in "
-                                f"its {EVAL}); compare against a commit made after `dvc repro`, or reproduce the base: "
+                                f"its {paths['eval']}); compare against a commit made after `dvc repro`, "
+                                f"or reproduce the base: "
                                 f"`git checkout {args.base} && dvc repro`")
         if pd.isna(accuracy["head"]):
-            raise PipelineError(f"{EVAL}: missing in the workspace; run `dvc repro` first")
+            raise PipelineError(f"{paths['eval']}: missing in the workspace; run `dvc repro` first")
 
         step(f"the base's results ({label(args.base, sha)})")
         fs = DVCFileSystem(".", rev=sha)
-        base_curves, base_confusion, base_per_class = read_results(lambda path: read_base(fs, path, args.base, sha))
-        head_curves, head_confusion, head_per_class = read_results(read_head)
+        base_curves, base_confusion, base_per_class = read_results(
+            lambda path: read_base(fs, path, args.base, sha), paths)
+        head_curves, head_confusion, head_per_class = read_results(read_head, paths)
 
         step("dvc status")
         notes = []

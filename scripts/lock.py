@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # fmnist.core.errors (stdlib only): this runs on the base Python, not .venv's
 
-from fmnist.core.errors import PipelineError, run  # noqa: E402
+from fmnist.core.errors import PipelineError, flat, run  # noqa: E402
 
 try:
     import tomllib
@@ -178,7 +178,7 @@ def compile_lock(uv: str, out: Path, inputs: dict, extras: tuple[str, ...] = (),
         extra_inputs = "\n".join(inputs["installer"] + (inputs["build-system"] if project else [])) + "\n"
         proc = subprocess.run(cmd, input=extra_inputs, text=True, capture_output=True)
         if proc.returncode != 0:
-            raise PipelineError(f"uv pip compile for {out} failed: {' '.join(proc.stderr.split())[:600]}")
+            raise PipelineError(f"uv pip compile for {out} failed: {flat(proc.stderr, 600)}")
         digest = DIGEST_LINE.format(extra=", " + ", ".join(f"the {e} extra" for e in extras) if extras else "",
                                     digest=inputs_digest(inputs))
         write_atomic(out, (digest + "\n" if project else "") + Path(tmp).read_text(encoding="utf-8"))

@@ -6,8 +6,8 @@ The graph holds everything from stored pixels to probabilities: input `pixels`, 
 (N, 1, 28, 28) as data/prepared stores them (0-255, light garment on a dark ground);
 output `probabilities`, float32 (N, 10); N is free. It computes what the evaluate stage
 scores: the data set's normalisation, the net, softmax and, with the params' evaluate.tta,
-the average with the mirror image's prediction; in fp32 (the evaluate stage may run under
-bf16 autocast, see train.precision). Class names and provenance are in the model's
+the average with the mirror image's prediction; in fp32, as the evaluate stage scores.
+Class names and provenance are in the model's
 metadata (onnxruntime: session.get_modelmeta().custom_metadata_map).
 """
 
@@ -18,9 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from fmnist.model.classifier import Classifier
 from fmnist.core.errors import run
 from fmnist.core.io import md5_hex, write_bytes
+from fmnist.model.classifier import Classifier
 from fmnist.model.model_file import card, model_from_bytes, read_model_bytes
 from fmnist.onnx_file import INPUT, INPUT_DOC, OUTPUT, OUTPUT_DOC, onnx_bytes
 from fmnist.params import load_params
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="the trained model (models/model.pt)")
     parser.add_argument("out", type=Path, help="the ONNX file to write (models/model.onnx)")
     args = parser.parse_args()
-    tta = load_params()["evaluate"]["tta"]
+    tta = load_params().evaluate.tta
 
     source = read_model_bytes(args.model, "run the train stage first (dvc repro)")
     net, record = model_from_bytes(source, str(args.model))

@@ -25,17 +25,17 @@ def main() -> None:
     parser.add_argument("raw", type=Path, help="folder holding the four uncompressed IDX files")
     parser.add_argument("out", type=Path, help="folder to write the prepared tensors to")
     args = parser.parse_args()
-    params = load_params()["data"]
+    params = load_params().data
 
     train_images, train_labels = read_raw_split(args.raw, "train")
     test_images, test_labels = read_raw_split(args.raw, "test")
     # params.yaml's check assumed the official 60,000 training images: the data may hold fewer.
-    problem = val_size_problem(len(train_labels), params["val_size"], str(args.raw / RAW_FILES["train", "images"]))
+    problem = val_size_problem(len(train_labels), params.val_size, str(args.raw / RAW_FILES["train", "images"]))
     if problem:
         raise ParamError(problem)
     if len(test_labels) == 0:
         raise DataError(f"{args.raw / RAW_FILES['test', 'images']}: holds no images; the test set can't be empty")
-    train_idx, val_idx = split_train_val(len(train_labels), params["val_size"], params["seed"])
+    train_idx, val_idx = split_train_val(len(train_labels), params.val_size, params.seed)
     splits = {
         "train": (train_images[train_idx], train_labels[train_idx]),
         "val": (train_images[val_idx], train_labels[val_idx]),

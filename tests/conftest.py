@@ -4,6 +4,7 @@ threads each xdist worker's torch takes, and the e2e mark of every test in tests
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,3 +66,20 @@ def model_file(tmp_path_factory) -> Path:
     from helpers.pictures import write_model_file
 
     return write_model_file(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+@pytest.fixture
+def no_hang():
+    """Fail the test, rather than hang the suite, if it is still running after a minute:
+    for tests of what must never wait (a pipe with no writer, a device). Not a timed
+    assertion: the bound is a hundred times what the tests take."""
+    def give_up(signum, frame):  # pytest.fail: not an OSError, which the code under test may catch
+        pytest.fail("still running after 60 s: something waits on a pipe or a device", pytrace=True)
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(60)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

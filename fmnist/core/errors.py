@@ -12,10 +12,11 @@ Anything else is a bug: one line too, and the traceback with FMNIST_DEBUG=1.
 
 from __future__ import annotations
 
+import difflib
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class PipelineError(Exception):
@@ -41,6 +42,11 @@ class TrainingDiverged(PipelineError, RuntimeError):
 class PeersLost(PipelineError, RuntimeError):
     """A process of a distributed run lost the others (one of them failed or was killed)."""
 
+
+def flat(text: object, limit: int) -> str:
+    """`text` on one line (every run of white space one blank), cut to `limit` characters:
+    what an outside message (an exception's, a tool's stderr) may be in one of ours."""
+    return " ".join(str(text).split())[:limit]
 
 class _Enough(Exception):
     """A repr has grown past what a message shows."""
@@ -98,6 +104,12 @@ def shown(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def did_you_mean(name: str, known: list[str]) -> str:
+    """ " (did you mean 'x'?)" naming the known name closest to a mistyped `name`, or ""."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def reason(exc: BaseException) -> str:
     """What went wrong, in an OSError's own words (its strerror) where it has them."""
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
@@ -149,10 +161,10 @@ def run(main: Callable[[], object]) -> None:
         _fail("interrupted; outputs are written whole or not at all", 130)
     except Terminated:
         _fail("terminated (SIGTERM); outputs are written whole or not at all", 128 + signal.SIGTERM)
-    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+    except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("FMNIST_DEBUG"):
             raise
-        _fail(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+        _fail(f"error: unexpected {type(exc).__name__}: {flat(exc, 300)} "
               f"(this is a bug; FMNIST_DEBUG=1 shows the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)
 

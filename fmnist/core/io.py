@@ -11,25 +11,38 @@ Reading: a missing, unreadable or damaged file raises DataError naming the file,
 wrong and, in `hint`, what to do. Every read is bounded: `read_bytes(path, hint, limit)`
 and `open_bounded(path, hint, limit)` (a stream, for decoders that read as they go) refuse
 a file as soon as it holds more than `limit` bytes, before the rest is read, so a huge
-file, /dev/zero or a pipe fed forever costs one line, not the machine's memory. torch
+file or a pipe fed forever costs one line, not the machine's memory. torch
 files are loaded with weights_only (no code runs from them), after their records'
 declared sizes are checked against the same limit (torch.load would inflate a
 compressed record to whatever size it declares).
+
+What a path is, is checked before it is opened (`check_input`; every read above does it):
+a folder, a socket, a device (/dev/zero linked as a picture), a loop of symbolic links or
+a named pipe (FIFO) with no writer is refused at once, in one line naming the path and
+what it is, and nothing waits on it. A pipe is read when something writes to it: `-`
+(standard input, as Unix tools read it), /dev/stdin, /dev/fd/N (what the shell's
+`<(curl ...)` passes) or a FIFO a writer holds open, bounded as a file is.
+
+    text = read_text_bounded(Path("params.yaml"), 1 << 20, "a params file", "restore it with git checkout")
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
 import pickletools
+import re
 import shutil
 import stat
+import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import torch
 
@@ -193,25 +206,178 @@ class _Bounded(io.RawIOBase):
         super().close()
 
 
-def _open_raw(path: Path, hint: str) -> BinaryIO:
+# --- what a path is: checked before it is opened ----------------------------------
+
+STDIN = "-"  # the path of standard input, as Unix tools take it
+# Paths that name a stream on purpose: standard input, or a descriptor the shell opened
+# (`<(curl ...)` passes /dev/fd/63). A pipe behind one is read as `cat` reads it.
+_ON_PURPOSE = re.compile(r"/dev/(stdin|fd/\d+)|/proc/(self|thread-self|\d+)/fd/\d+")
+_PROBE = 1 << 16  # bytes a named pipe is asked for, without waiting, to learn whether it has a writer
+
+
+def _with(hint: str) -> str:
+    return f"; {hint}" if hint else ""
+
+
+def _kind(path: str | Path, mode: int) -> str:
+    """What a file that is not a regular one is, in a few words (a device: where it leads)."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kind = next((kind for test, kind in kinds if test(mode)), None)
+    if kind is None:
+        return "not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        target = os.path.realpath(path)
+        if target != os.path.abspath(path):
+            kind += f" ({target})"
+    return kind
+
+
+def what_is(path: str | Path) -> str:
+    """`path` in a few words, without opening it: "a file", "missing", "a folder", "a named
+    pipe (FIFO)", "a socket", "a character device (/dev/zero)", "a block device", "a loop
+    of symbolic links", "a symbolic link to X, which is missing"."""
     try:
-        return open(path, "rb", buffering=0)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; {hint}") from None
+        try:
+            return f"a symbolic link to {os.readlink(path)}, which is missing"
+        except OSError:
+            return "missing"
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({reason(exc)}); {hint}") from None
+        if exc.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        return f"not readable ({reason(exc)})"
+    return "a file" if stat.S_ISREG(mode) else _kind(path, mode)
+
+
+def not_a_file(name: str | Path, kind: str, hint: str = "") -> DataError:
+    """The one line that refuses something that is not a file: `NAME: KIND, not a file; HINT`."""
+    return DataError(f"{name}: {kind}, not a file{_with(hint)}")
+
+
+def check_input(path: str | Path, hint: str = "", *, missing_ok: bool = False,
+                pipes: bool = True) -> os.stat_result | None:
+    """os.stat of a path read from outside, before anything opens it: a regular file, or
+    (with `pipes`) a named pipe, whose writer open_input checks for. Anything else raises
+    DataError at once, in one line naming it and saying what it is: a folder, a socket, a
+    device, a loop of symbolic links, a link to nothing, a missing file (None with
+    `missing_ok`: the caller creates it). Nothing is opened, so nothing can block."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DataError(f"{path}: {what_is(path)}{_with(hint)}") from None
+        if missing_ok:
+            return None
+        raise DataError(f"{path}: missing{_with(hint)}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise not_a_file(path, "a loop of symbolic links", hint) from None
+        raise DataError(f"{path}: cannot be read ({reason(exc)}){_with(hint)}") from None
+    if stat.S_ISREG(info.st_mode) or (pipes and stat.S_ISFIFO(info.st_mode)):
+        return info
+    raise not_a_file(path, _kind(path, info.st_mode), hint)
+
+
+class _Prefixed(io.RawIOBase):
+    """A pipe whose first bytes were already read (to learn it had a writer): those, then the rest."""
+
+    def __init__(self, raw: io.FileIO, first: bytes):
+        super().__init__()
+        self._raw, self._first = raw, first
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def readinto(self, buffer) -> int:
+        if not self._first:
+            return self._raw.readinto(buffer)
+        n = min(len(buffer), len(self._first))
+        buffer[:n] = self._first[:n]
+        self._first = self._first[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open_stdin(hint: str) -> BinaryIO:
+    """Standard input (`-`) as a stream of its own (closing it leaves standard input open): a
+    pipe, a socket or a file redirected in; a terminal or a device is refused."""
+    try:
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):  # None, closed, or no descriptor at all
+        raise DataError(f"{STDIN}: standard input is closed{_with(hint)}") from None
+    if stat.S_ISCHR(mode) and os.isatty(fd):
+        raise DataError(f"{STDIN}: standard input is a terminal, not a file; redirect or pipe one in{_with(hint)}")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        raise DataError(f"{STDIN}: standard input is {_kind(f'/dev/fd/{fd}', mode)}, not a file{_with(hint)}")
+    return io.FileIO(os.dup(fd), "rb", closefd=True)
+
+
+def open_input(path: str | Path, hint: str) -> BinaryIO:
+    """`path` (or standard input for `-`) opened for reading, unbuffered, once check_input
+    says it is a file or a pipe; DataError naming it otherwise.
+
+    Nothing here waits on a pipe with nobody at the other end: the path is opened with
+    O_NONBLOCK (a named pipe's open would wait for a writer), checked again on the
+    descriptor (it may have changed since the check), and a pipe is asked for its first
+    bytes without waiting. A named pipe that says end-of-file then has no writer and is
+    refused; one whose writer holds it open, and a pipe named on purpose (/dev/stdin,
+    /dev/fd/N), are read as they come, as `cat` reads them.
+    """
+    name = str(path)
+    if name == STDIN:
+        return _open_stdin(hint)
+    check_input(path, hint)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise DataError(f"{name}: missing{_with(hint)}") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # became a loop, or a socket, since the check
+            raise not_a_file(name, what_is(path), hint) from None
+        raise DataError(f"{name}: cannot be read ({reason(exc)}){_with(hint)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        first = b""
+        if stat.S_ISFIFO(mode):
+            try:
+                first = os.read(fd, _PROBE)
+            except BlockingIOError:
+                pass  # a writer holds it open and has sent nothing yet: wait for it, as cat does
+            else:
+                if not first and not _ON_PURPOSE.fullmatch(name):
+                    raise not_a_file(name, "a named pipe (FIFO) with no writer", hint)
+        elif not stat.S_ISREG(mode):  # swapped for something else since the check
+            raise not_a_file(name, _kind(path, mode), hint)
+        os.set_blocking(fd, True)
+        raw = io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Prefixed(raw, first) if first else raw
 
 
 @contextlib.contextmanager
-def open_bounded(path: Path, hint: str, limit: int, what: str = "such a file") -> Iterator[BinaryIO]:
+def open_bounded(path: str | Path, hint: str, limit: int, what: str = "such a file") -> Iterator[BinaryIO]:
     """`path` opened as a buffered binary stream that raises DataError, naming the file,
     `what` it should be and `limit`, as soon as it yields more than `limit` bytes; a
     regular file whose size already says so is refused before any byte is read.
 
-    Works on anything open() reads: a pipe or /dev/zero is stopped at limit + 1 bytes.
-    Any other OSError while reading is a DataError naming the file too.
+    `path` is opened with open_input: `-` is standard input; a folder, a device, a socket,
+    a loop of symbolic links or a named pipe with no writer is refused unopened or unread.
+    A pipe is stopped at limit + 1 bytes. Any other OSError while reading is a DataError
+    naming the file too.
     """
-    raw = _open_raw(path, hint)
+    raw = open_input(path, hint)
     try:
         info = os.fstat(raw.fileno())
         if stat.S_ISREG(info.st_mode) and info.st_size > limit:
@@ -235,10 +401,24 @@ def read_stream(stream: BinaryIO, name: str, hint: str, limit: int, what: str = 
     return data
 
 
-def read_bytes(path: Path, hint: str, limit: int, what: str = "such a file") -> bytes:
+def read_bytes(path: str | Path, hint: str, limit: int, what: str = "such a file") -> bytes:
     """The whole file, at most `limit` bytes of it: a longer one is refused (see open_bounded)."""
     with open_bounded(path, hint, limit, what) as stream:
         return read_stream(stream, str(path), hint, limit, what)
+
+
+def read_text_bounded(path: str | Path, limit: int, what: str, hint: str = "") -> str:
+    """A UTF-8 text file read whole (read_bytes: checked, at most `limit` bytes), e.g.
+
+        read_text_bounded(Path("params.yaml"), 1 << 20, "a params file", "restore it with `git checkout params.yaml`")
+
+    DataError, in one line naming the file, for anything that is not such a file: missing,
+    a folder, a pipe with no writer, a device, longer than `limit`, not UTF-8."""
+    data = read_bytes(path, hint, limit, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}){_with(hint)}") from None
 
 
 def torch_from_bytes(data: bytes, name: str, hint: str, limit: int | None = None,
@@ -311,10 +491,11 @@ def _largest_tuple(archive: zipfile.ZipFile) -> int:
                     start = marks.pop() - before.index(pickletools.markobject)
                 popped = stack[start:]
                 del stack[start:]
-                built = 1 + sum(popped) if op.name.startswith("TUPLE") or op.name in ("REDUCE", "NEWOBJ", "BUILD") else 1
+                builds = op.name.startswith("TUPLE") or op.name in ("REDUCE", "NEWOBJ", "BUILD")
+                built = 1 + sum(popped) if builds else 1
                 stack.extend([built] * len(after))
                 largest = max(largest, built)
-        except Exception:  # noqa: BLE001 - a pickle it can't follow: torch.load reports it
+        except Exception:  # noqa: BLE001, S112 - a pickle it can't follow: torch.load reports it
             continue
     return largest
 

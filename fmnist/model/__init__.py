@@ -1,1 +1,2 @@
-"""The net and pixels to probabilities: architectures, the model file, the classifier, the device (train, evaluate, export)."""
+"""The net and pixels to probabilities: architectures, the model file, the classifier, the device
+(train, evaluate, export)."""

@@ -52,7 +52,6 @@ class Classifier(nn.Module):
         return probs
 
 
-@torch.no_grad()
 def probabilities(classifier: Classifier, images: torch.Tensor, *, device: torch.device, batch_size: int,
                   dtype: torch.dtype | None = None, bar: str | None = None) -> torch.Tensor:
     """Class probabilities (N, classes) of uint8 images (N, 28, 28), `batch_size` at a time, on the CPU.
@@ -64,7 +63,8 @@ def probabilities(classifier: Classifier, images: torch.Tensor, *, device: torch
     progress = tqdm(total=len(images), desc=bar, unit="image", leave=False, disable=None if bar else True)
     for start in range(0, len(images), batch_size):
         pixels = to_device(images[start:start + batch_size], device).unsqueeze(1)
-        with autocast(device, dtype):
+        # no_grad here, not as a decorator: mutmut (make mutate) leaves decorated functions alone.
+        with torch.no_grad(), autocast(device, dtype):
             probs.append(classifier(pixels).cpu())
         progress.update(len(pixels))
     progress.close()
@@ -94,4 +94,4 @@ def score(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
     """The k likeliest classes of one image's probabilities, likeliest first."""
     values, indices = probs.topk(min(k, len(classes)))
-    return [(classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+    return [(classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]

@@ -16,7 +16,7 @@ One torch file (weights_only loadable: no code runs from it) holding a dict:
 | epoch | the epoch kept (best validation accuracy) |
 | val_acc | its validation accuracy (a fraction) |
 | data_sha256 | sha256 of the training images and labels |
-| environment | what trained it: python, torch, platform, and lock / lock_sha256 (the runtime lock's file and its sha256; fmnist.training.environment.describe) |
+| environment | what trained it (environment.describe): python, torch, platform, the runtime lock and its sha256 |
 
 The evaluate and export stages, `fmnist-predict` and `make compare` read it through
 `load_model` / `model_from_bytes`, which check every key before a net is built; a file
@@ -27,6 +27,7 @@ before it is read.
 from __future__ import annotations
 
 import io
+import json
 import pickletools
 import zipfile
 from pathlib import Path
@@ -39,7 +40,6 @@ from fmnist.core.errors import DataError, quoted, shown
 from fmnist.core.io import read_bytes, read_stream, save_torch, torch_from_bytes
 from fmnist.model.nets import ARCHITECTURES, build_model, weights_problem
 
-MODEL_FILE = "models/model.pt"  # where the train stage writes it (dvc.yaml: vars.model)
 MODEL_HINT = "re-create it with `dvc repro --force train` (or `dvc checkout` to restore the cached one)"
 REQUIRED = ("state_dict", "model", "classes")
 MODEL_WHAT = "a model file of this project"
@@ -61,6 +61,7 @@ MAX_MODEL_BYTES = max(map(weights_bytes, ARCHITECTURES)) + (1 << 20)
 def save_model(path: Path, state_dict: dict, *, params: dict, epoch: int, val_acc: float, data_sha256: str,
                environment: dict[str, str]) -> None:
     """Write the model file: the weights and what they were trained with (the table above)."""
+    params = json.loads(json.dumps(params))  # plain data, shared with no other object of the file
     save_torch(path, {
         "state_dict": state_dict, "model": params["model"], "classes": list(CLASSES),
         "params": params, "epoch": epoch, "val_acc": val_acc, "data_sha256": data_sha256,
@@ -101,7 +102,8 @@ def check_model(obj: Any, name: str, hint: str = MODEL_HINT) -> tuple[torch.nn.M
         raise DataError(f"{name}: not a model file of this project (expected keys {sorted(need)}, "
                         f"found {found}); {hint}")
     if not isinstance(obj["model"], str) or obj["model"] not in ARCHITECTURES:
-        raise DataError(f"{name}: unknown architecture {shown(obj['model'])} (known: {', '.join(ARCHITECTURES)}); {hint}")
+        raise DataError(f"{name}: unknown architecture {shown(obj['model'])} "
+                        f"(known: {', '.join(ARCHITECTURES)}); {hint}")
     classes = obj["classes"]
     # The net's last layer has one output per class, and the labels are 0-9. The names are
     # printed (the card, fmnist-predict's table): short, printable text.

@@ -1,12 +1,29 @@
 """Classifiers for 1x28x28 images, chosen by name with `train.model` in params.yaml.
 
     model = build_model("cnn3v2")   # logits of shape (N, 10) for input (N, 1, 28, 28)
+    python -m fmnist.model.nets     # the registered nets, one line each
+
+A new net is one function here, registered with `@register`: the params check
+(`build_model`), the README's table and the tests read ARCHITECTURES.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from fmnist.core.errors import ParamError, did_you_mean
+
+# name -> function(num_classes) -> net, in the order `register` met them (the default first).
+ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {}
+
+
+def register(net: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    """Make `net` a value of train.model, under its function's name."""
+    ARCHITECTURES[net.__name__] = net
+    return net
 
 
 def _conv_bn_relu(c_in: int, c_out: int, k: int) -> list[nn.Module]:
@@ -14,6 +31,7 @@ def _conv_bn_relu(c_in: int, c_out: int, k: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
+@register
 def cnn(num_classes: int = 10) -> nn.Sequential:
     """The previous default: two 5x5 conv-BN-ReLU blocks and a small MLP head.
 
@@ -49,6 +67,7 @@ def _cnn3(widths: tuple[int, int, int], num_classes: int) -> nn.Sequential:
     )
 
 
+@register
 def cnn3(num_classes: int = 10) -> nn.Sequential:
     """Three 3x3 conv-pool-BN-ReLU blocks (20, 48, 96 channels) and a small MLP head.
 
@@ -58,6 +77,7 @@ def cnn3(num_classes: int = 10) -> nn.Sequential:
     return _cnn3((20, 48, 96), num_classes)
 
 
+@register
 def cnn3v2(num_classes: int = 10) -> nn.Sequential:
     """The default: cnn3 with 16, 48 and 128 channels.
 
@@ -71,12 +91,14 @@ def cnn3v2(num_classes: int = 10) -> nn.Sequential:
     return _cnn3((16, 48, 128), num_classes)
 
 
+@register
 def cnn3_small(num_classes: int = 10) -> nn.Sequential:
     """cnn3 with 16, 32 and 64 channels (2.0M multiply-adds): about twice as fast, for
     the `fast` profile."""
     return _cnn3((16, 32, 64), num_classes)
 
 
+@register
 def cnn6(num_classes: int = 10) -> nn.Sequential:
     """Six 3x3 convolutions in three blocks of 32, 64 and 128 channels; global max-pooling.
 
@@ -100,6 +122,7 @@ def cnn6(num_classes: int = 10) -> nn.Sequential:
     )
 
 
+@register
 def lenet(num_classes: int = 10) -> nn.Sequential:
     """The LeNet-style net of PyTorch's "Training with PyTorch" tutorial (the benchmark's reference)."""
     return nn.Sequential(
@@ -112,10 +135,15 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
     )
 
 
-ARCHITECTURES = {"cnn3v2": cnn3v2, "cnn6": cnn6, "cnn3": cnn3, "cnn3_small": cnn3_small, "cnn": cnn, "lenet": lenet}
+def check_name(name: str) -> None:
+    """ParamError naming train.model unless `name` is a registered net."""
+    if name not in ARCHITECTURES:
+        raise ParamError(f"train.model: got {name!r}{did_you_mean(name, list(ARCHITECTURES))}, "
+                         f"expected one of {', '.join(ARCHITECTURES)}")
 
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:
+    check_name(name)
     return ARCHITECTURES[name](num_classes)
 
 
@@ -143,3 +171,8 @@ def weights_problem(state: object, net: nn.Module) -> str | None:
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             return f"weight {key} holds NaN or infinite values"
     return None
+
+
+if __name__ == "__main__":
+    for name, net in ARCHITECTURES.items():
+        print(f"{name:12} {(net.__doc__ or '').split(chr(10))[0]}")

@@ -41,15 +41,16 @@ import re
 import sys
 import tempfile
 import warnings
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from fmnist.core.dataset import SIZE
 from fmnist.core.errors import DataError, one_line
 
-SIZE = 28
 # The data set's trimming threshold: an edge row or column is ground while all its
 # pixels are within 5% of full intensity of the ground's level.
 TRIM = 0.05 * 255

@@ -5,15 +5,19 @@
     fmnist-predict --rev fashion-classifier@v1.0.0 shirt.jpg   # a registered version, through DVC
     fmnist-predict --rev main~3 shirt.jpg             # the model of any commit, branch or tag
     fmnist-predict --info [--rev REV]                 # the model's card
+    curl -s https://example.com/shirt.jpg | fmnist-predict -    # one picture from standard input
 
 PNG, JPEG, WebP, GIF, BMP or TIFF up to 537 megapixels, grey or colour; a garment
 photographed dark on a light ground is negated, as the data set's images are light on
-dark, and fitted into 28x28 keeping its aspect ratio (fmnist/serve/images.py). The model is models/model.pt, another file
-with --model, or the one of a git revision or registered version with --rev, read
+dark, and fitted into 28x28 keeping its aspect ratio (fmnist/serve/images.py). The model is models/model.pt,
+another file with --model, or the one of a git revision or registered version with --rev, read
 through DVC from the cache or the default remote. Each picture's probabilities are
 averaged with its mirror image's, as the evaluate stage does with evaluate.tta: true
 (--no-tta: the picture alone). A picture that can't be read costs one line on stderr;
-the others are still classified, and the exit code is 1.
+the others are still classified, and the exit code is 1. `-` is standard input, read
+whole (up to MAX_FILE_BYTES) as one picture, and so are /dev/stdin and the shell's
+`<(...)`; what is not a picture file (a folder, a device, a named pipe with no writer)
+is refused at once, unread (fmnist.core.io.check_input), so nothing waits on it.
 
 Any number of pictures, in batches of BATCH: a batch is decoded one picture at a time
 (each kept as its 28x28 pixels only), classified and printed before the next is read, so
@@ -28,17 +32,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from fmnist.model.classifier import Classifier, probabilities, top_k
-from fmnist.core.errors import DataError, run
-from fmnist.serve.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
+from fmnist.core.errors import DataError, flat, run
 from fmnist.core.io import md5_hex, open_bounded
-from fmnist.model.model_file import MODEL_FILE, MODEL_HINT, card, model_from_bytes, read_model_bytes
-from fmnist.serve.provenance import first_commit_recording, read_model_bytes_at
+from fmnist.model.classifier import Classifier, probabilities, top_k
+from fmnist.model.model_file import MODEL_HINT, card, model_from_bytes, read_model_bytes
+from fmnist.serve.images import FORMAT_NAMES, MAX_FILE_BYTES, PICTURE_HINT, PICTURE_WHAT, decode, to_fashion_mnist
+from fmnist.serve.provenance import first_commit_recording, model_path, read_model_bytes_at
 
 BATCH = 256  # pictures decoded, classified and printed at a time
 
@@ -49,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="exit codes: 0 all pictures classified, 1 a picture or the model could not be read, "
                "2 bad arguments")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", type=Path, metavar="PATH", help=f"a model file (default: {MODEL_FILE})")
+    source.add_argument("--model", type=Path, metavar="PATH",
+                        help="a model file (default: dvc.yaml's vars.model, models/model.pt)")
     source.add_argument("--rev", help="a git commit, branch or tag, or a registered version such as "
                                       "fashion-classifier@v1.0.0: its model, read through DVC")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -57,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="average with the mirror image's prediction, as the evaluate stage (default: on)")
     parser.add_argument("--info", action="store_true", help="print the model's card and exit")
-    parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help=f"{FORMAT_NAMES} pictures")
+    parser.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                        help=f"{FORMAT_NAMES} pictures; - reads one from standard input")
     args = parser.parse_args(argv)
     if not args.info and not args.files:
         parser.error("name at least one picture (or --info for the model's card)")
@@ -76,7 +82,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
         commit = where["commit"]
         hint = f"the copy DVC holds for {args.rev} is not a model of this project"
     else:
-        path = args.model or Path(MODEL_FILE)
+        path = args.model or Path(model_path())
         if args.model is not None:
             hint = "expected a model file of this project (models/model.pt)"
         elif path.exists():
@@ -105,6 +111,19 @@ def environment_line(environment: dict | None) -> str:
     return ", ".join(words) or "unknown"
 
 
+def flat_params(params: dict, prefix: str = "") -> list[str]:
+    """A card's params as key=value words, a group's keys dotted (augment.flip=True). A
+    file from elsewhere may hold anything: one level of groups is followed, values are cut short."""
+    words = []
+    for key, value in params.items():
+        if isinstance(value, dict) and not prefix:
+            words += flat_params(value, f"{key}.")
+        else:
+            text = value if isinstance(value, (bool, int, float, str)) else repr(value)
+            words.append(f"{prefix}{key}={flat(text, 60)}")
+    return words
+
+
 def print_card(info: dict) -> None:
     params = info["params"] or {}
     epochs = f" of {params['epochs']}" if "epochs" in params else ""
@@ -116,7 +135,7 @@ def print_card(info: dict) -> None:
         ("best epoch", f"{info['best_epoch'] or 'unknown'}{epochs}"),
         ("val accuracy", val_acc),
         ("data sha256", f"{info['data_sha256'] or 'unknown'} (the training images and labels)"),
-        ("params", " ".join(f"{k}={v}" for k, v in params.items()) or "unknown"),
+        ("params", " ".join(flat_params(params)) or "unknown"),
         ("environment", environment_line(info["environment"])),
         ("commit", f"{info['commit'] or '-'} ({info['commit_means']})"),
     ]
@@ -194,7 +213,7 @@ def cli(argv: list[str] | None = None) -> int:
     failed: list[Path] = []
     for good, images in read_batches(args.files, failed):
         probs = probabilities(classifier, images, device=torch.device("cpu"), batch_size=BATCH)
-        for path, p in zip(good, probs):
+        for path, p in zip(good, probs, strict=True):
             top = [{"class": c, "probability": round(v, 6)} for c, v in top_k(p, classes, args.top)]
             printer.add({"path": str(path), "class": top[0]["class"], "probability": top[0]["probability"],
                          "top": top})

@@ -16,9 +16,32 @@ from pathlib import Path
 
 import yaml
 
-from fmnist.core.errors import DataError
-from fmnist.core.io import md5_hex, read_stream
-from fmnist.model.model_file import MAX_MODEL_BYTES, MODEL_FILE, MODEL_WHAT
+from fmnist.core.errors import DataError, PipelineError, flat
+from fmnist.core.io import md5_hex, read_bytes, read_stream
+from fmnist.model.model_file import MAX_MODEL_BYTES, MODEL_WHAT
+
+MAX_DVC_YAML_BYTES = 1 << 20  # a page of YAML
+
+
+def pipeline_paths(root: Path = Path("."), *names: str) -> dict[str, str]:
+    """dvc.yaml's vars, where every path the pipeline reads or writes is named once
+    (`names`: the ones the caller needs, each checked to be there)."""
+    where = root / "dvc.yaml"
+    try:
+        doc = yaml.safe_load(read_bytes(where, "run from the project's top folder", MAX_DVC_YAML_BYTES, "a dvc.yaml"))
+        found = {k: v for item in doc.get("vars", []) if isinstance(item, dict) for k, v in item.items()}
+        missing = [name for name in names if not isinstance(found.get(name), str)]
+    except (yaml.YAMLError, AttributeError, TypeError) as exc:
+        raise PipelineError(f"{where}: not a pipeline's dvc.yaml ({flat(exc, 160)})") from None
+    if missing:
+        raise PipelineError(f"{where}: expected vars {', '.join(names)}; {', '.join(missing)} missing")
+    return found
+
+
+def model_path(root: Path = Path(".")) -> str:
+    """Where the train stage writes the model file: dvc.yaml's vars.model (models/model.pt
+    outside a checkout of the project)."""
+    return pipeline_paths(root, "model")["model"] if (root / "dvc.yaml").exists() else "models/model.pt"
 
 # A registered model version: GTO's tag format, `gto register fashion-classifier --version v1.0.0`.
 _VERSION = re.compile(r"(?P<name>[^@\s]+)@(?P<version>v\d+\.\d+\.\d+\S*)")
@@ -82,10 +105,10 @@ def first_commit_recording(data: bytes, folder: Path) -> str | None:
 
 
 def _dvc_error(what: str, exc: Exception, hint: str) -> DataError:
-    return DataError(f"{what}: {' '.join(str(exc).split())[:300] or type(exc).__name__}; {hint}")
+    return DataError(f"{what}: {flat(exc, 300) or type(exc).__name__}; {hint}")
 
 
-def read_model_bytes_at(rev: str, path: str = MODEL_FILE) -> tuple[bytes, dict]:
+def read_model_bytes_at(rev: str, path: str | None = None) -> tuple[bytes, dict]:
     """The model file's bytes at `rev`, read through DVC from the cache or the default remote.
 
     `rev` is a commit, branch or tag, or a registered version NAME@vX.Y.Z (GTO's tag,
@@ -98,6 +121,7 @@ def read_model_bytes_at(rev: str, path: str = MODEL_FILE) -> tuple[bytes, dict]:
     from dvc.scm import SCMError
 
     registered = _VERSION.fullmatch(rev)
+    path = path or model_path()
     _git_top(rev, Path("."))  # DVC's own errors outside a git repository are obscure
     commit = None
     try:
@@ -111,7 +135,8 @@ def read_model_bytes_at(rev: str, path: str = MODEL_FILE) -> tuple[bytes, dict]:
         else:
             commit = git_commit(rev)
         with dvc.api.open(path, rev=commit, mode="rb") as stream:  # bounded: not dvc.api.read's whole file
-            data = read_stream(stream, f"{path} at {rev}", f"the copy DVC holds for {rev} is not a model of this project",
+            data = read_stream(stream, f"{path} at {rev}",
+                               f"the copy DVC holds for {rev} is not a model of this project",
                                MAX_MODEL_BYTES, MODEL_WHAT)
     except NotDvcRepoError as exc:
         raise _dvc_error(rev, exc, "run it inside a clone of the project") from None

@@ -21,16 +21,17 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+import pandas as pd
+
 # Figures are built with matplotlib's object API, not pyplot: no backend to choose, no
 # screen needed, nothing global changed for a notebook that imports this module.
 from matplotlib.figure import Figure
-import numpy as np
-import pandas as pd
 
 from fmnist.core.dataset import CLASSES
 
 # The headline metrics of metrics/eval.json, in the order the report lists them.
-METRICS = {"test_acc": "test accuracy", "test_loss": "test loss", "test_f1_macro": "macro F1"}
+METRICS = {"test_acc": "test accuracy", "test_loss": "test loss"}
 # DVCLive's curves: metrics/train/plots/metrics/<split>/<name>.tsv, a column named <name>. Both
 # losses are plain cross-entropy (train/loss_smoothed.tsv, the optimised loss, is not drawn).
 CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")
@@ -163,8 +164,8 @@ def curves_mermaid(curves: dict[str, dict[str, pd.DataFrame]], metric: str, titl
         f'    y-axis "{y_label}" {_tick(low)} --> {_tick(high)}',
     ]
     for values in series:
-        values = values + [values[-1]] * (epochs - len(values))
-        lines.append(f"    line [{', '.join(f'{v:.4f}' for v in values)}]")
+        padded = values + [values[-1]] * (epochs - len(values))
+        lines.append(f"    line [{', '.join(f'{v:.4f}' for v in padded)}]")
     return "```mermaid\n" + "\n".join(lines) + "\n```"
 
 
@@ -286,7 +287,7 @@ def confusion_figure(matrices: dict[str, pd.DataFrame]) -> Figure:
     vmax = max(int(m.to_numpy().max()) for m in matrices.values()) or 1
     fig = Figure(figsize=(6.5 * len(matrices), 6))
     axes = fig.subplots(1, len(matrices))
-    for ax, (side, matrix) in zip(np.atleast_1d(axes), matrices.items()):
+    for ax, (side, matrix) in zip(np.atleast_1d(axes), matrices.items(), strict=True):
         counts = matrix.to_numpy()
         ax.imshow(counts, cmap="Blues", vmin=0, vmax=vmax)
         for (i, j), n in np.ndenumerate(counts):

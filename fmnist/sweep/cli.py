@@ -30,16 +30,41 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from fmnist.core.errors import DataError, ParamError, PipelineError, Terminated, run
+from fmnist.core.errors import DataError, ParamError, PipelineError, Terminated, flat, run
 from fmnist.core.io import write_text
-from fmnist.params import check_params
+from fmnist.params import value_of
 from fmnist.serve.provenance import git, git_commit
-from fmnist.sweep.search_space import SPACE_FILE, inside, load_space, override_value, overrides, parse_fixed, with_fixed
-from fmnist.sweep.study import (
-    DEFAULTS, EXPERIMENT, FAILURE, INTERRUPTED, LOG, RERUN_OF, WORKER, StudyLock, Worker, default_storage_url,
-    fail_lost_trials, heartbeats, open_storage, open_study, plan_trials, rerun_attrs, shown_url, storage_url,
-)
 from fmnist.sweep.results import pictures, summary
+from fmnist.sweep.search_space import (
+    SPACE_FILE,
+    check_params,
+    inside,
+    load_space,
+    override_value,
+    overrides,
+    parse_fixed,
+    with_fixed,
+)
+from fmnist.sweep.study import (
+    DEFAULTS,
+    EXPERIMENT,
+    FAILURE,
+    INTERRUPTED,
+    LOG,
+    RERUN_OF,
+    WORKER,
+    StudyLock,
+    Worker,
+    default_storage_url,
+    fail_lost_trials,
+    heartbeats,
+    open_storage,
+    open_study,
+    plan_trials,
+    rerun_attrs,
+    shown_url,
+    storage_url,
+)
 from fmnist.sweep.trial_workspace import Workspace, dvc_command, last_error, push_experiment, run_quiet
 
 FAILURES_IN_A_ROW = 3  # then the pipeline, not the params, is the likely cause: the sweep stops
@@ -88,7 +113,8 @@ def repo_root() -> Path:
     try:
         root = Path(git("rev-parse", "--show-toplevel"))
     except DataError:
-        raise PipelineError("fmnist-sweep: run it inside the project's git repository (no git repository here)") from None
+        raise PipelineError("fmnist-sweep: run it inside the project's git repository "
+                            "(no git repository here)") from None
     if not (root / "dvc.yaml").is_file():
         raise PipelineError(f"{root}: no dvc.yaml; run fmnist-sweep in the project's repository")
     return root
@@ -102,7 +128,7 @@ def params_at(root: Path, commit: str) -> dict:
     try:
         params = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParamError(f"params.yaml at {commit[:12]}: not valid YAML: {' '.join(str(exc).split())[:160]}") from None
+        raise ParamError(f"params.yaml at {commit[:12]}: not valid YAML: {flat(exc, 160)}") from None
     errors = check_params(params)
     if errors:
         raise ParamError(f"params.yaml at {commit[:12]}: {errors[0]}")
@@ -158,13 +184,13 @@ class TrialRun(threading.Thread):
                 self._run()
         except Exception as exc:  # noqa: BLE001 - storage or git trouble: this trial fails, the sweep goes on
             reason = f"{type(exc).__name__ if not isinstance(exc, PipelineError) else 'error'}: " \
-                     f"{' '.join(str(exc).split())[:300]}"
+                     f"{flat(exc, 300)}"
             self.sweep.say(f"trial {self.trial.number} ({self.sweep.experiment(self.trial.number)}): failed: {reason}")
             self.outcome = "failed"
             try:
                 self.trial.set_user_attr(FAILURE, reason)
                 self.sweep.study.tell(self.trial, state=TrialState.FAIL)
-            except Exception:  # noqa: BLE001 - the storage itself is gone; the next sweep cleans up
+            except Exception:  # noqa: BLE001, S110 - the storage itself is gone; the next sweep cleans up
                 pass
         finally:
             self.ws.finished()
@@ -312,10 +338,11 @@ def run_trials(sweep: Sweep) -> int:
         if in_a_row >= FAILURES_IN_A_ROW:
             for t in running.values():
                 t.join()
+            failed_log = sweep.out / "logs" / (sweep.experiment(last_failed.trial.number) + ".log")
             raise PipelineError(f"{in_a_row} trials in a row failed (the last, trial {last_failed.trial.number}: "
                                 f"{last_failed.trial.user_attrs.get('failure', 'see its log')}); that looks like "
                                 f"the pipeline's trouble, not the params': stopping. Its log: "
-                                f"{sweep.shown_path(sweep.out / 'logs' / (sweep.experiment(last_failed.trial.number) + '.log'))}")
+                                f"{sweep.shown_path(failed_log)}")
         now = time.monotonic()
         if now - checked > 10:
             for number in fail_lost_trials(sweep.study, sweep.storage, sweep.me):
@@ -366,8 +393,8 @@ def finish(sweep: Sweep) -> None:
     for note in skipped:
         sweep.say(f"no picture {note}")
     md = [f"# Sweep `{sweep.args.study}`", "",
-          f"Commit `{sweep.baseline[:12]}`; objective: validation accuracy (`{OBJECTIVE}`); "
-          f"fixed: {', '.join(f'`{k}={v}`' for k, v in sweep.fixed.items()) or 'nothing'}.", "",
+          (f"Commit `{sweep.baseline[:12]}`; objective: validation accuracy (`{OBJECTIVE}`); "
+           f"fixed: {', '.join(f'`{k}={v}`' for k, v in sweep.fixed.items()) or 'nothing'}."), "",
           *summary(trials, names, sweep.args.top, markdown=True), "",
           *[f"![{p.stem}]({p.name})" for p in written]]
     write_text(sweep.out / "summary.md", "\n".join(md) + "\n")
@@ -427,7 +454,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     def on_create(study: optuna.Study) -> None:  # the first trial: params.yaml's own values
         defaults = with_fixed(base, fixed)
-        values = {name: defaults[name.split(".")[0]][name.split(".", 1)[1]] for name in config.distributions}
+        values = {name: value_of(defaults, name) for name in config.distributions}
         if all(inside(d, values[name]) for name, d in config.distributions.items()):
             study.enqueue_trial(values, user_attrs={DEFAULTS: True})
 
@@ -444,8 +471,8 @@ def cli(argv: list[str] | None = None) -> int:
             print(f"warning: uncommitted changes ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}) "
                   f"are not part of the trials: they run on the commit", flush=True)
     crowded = f" (more jobs than the {cores()} cores: they share them)" if args.jobs > cores() else ""
-    print(f"objective: maximise validation accuracy ({OBJECTIVE}); {args.jobs} job(s), {share} thread(s) each{crowded}; "
-          f"watch it live: optuna-dashboard {shown_url(url)}", flush=True)
+    print(f"objective: maximise validation accuracy ({OBJECTIVE}); {args.jobs} job(s), {share} thread(s) each"
+          f"{crowded}; watch it live: optuna-dashboard {shown_url(url)}", flush=True)
     workspaces = []
     sweep = Sweep(args, root, storage, url, study, lock, config, shared, fixed, base, workspaces, env, push)
     for number in fail_lost_trials(study, storage, sweep.me):

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from fmnist.core.errors import flat
 from fmnist.sweep.study import DEFAULTS, EXPERIMENT, FAILURE, INTERRUPTED, LOG, RERUN_OF, interrupted
 
 PICTURES = ("optimization_history.png", "param_importances.png")
@@ -62,7 +63,7 @@ def table(trials: list[FrozenTrial], params: list[str], markdown: bool = False) 
     if markdown:
         return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
 
 
 def counts(trials: list[FrozenTrial]) -> str:
@@ -143,7 +144,7 @@ def pictures(study: optuna.Study, folder: Path) -> tuple[list[Path], list[str]]:
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 ax = make()
         except (ValueError, RuntimeError) as exc:  # e.g. importances of params that never varied
-            skipped.append(f"{name}: {' '.join(str(exc).split())[:160]}")
+            skipped.append(f"{name}: {flat(exc, 160)}")
             continue
         if name == "optimization_history.png":
             from matplotlib.ticker import MaxNLocator

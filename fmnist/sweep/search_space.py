@@ -11,7 +11,7 @@ list of choices each, and how the sampler and the pruner behave:
 
     space:
       train.lr: {low: 0.02, high: 0.8, log: true}   # floats; log: drawn evenly on a log scale
-      train.shift: {low: 0, high: 2}                # an integer param gets integers
+      train.augment.shift: {low: 0, high: 2}                # an integer param gets integers
       train.batch_size: {choices: [128, 256, 512]}  # one of these
     sampler: {seed: 0, startup_trials: 6}
     pruner: {percentile: 25, startup_trials: 4, min_epochs: 1}
@@ -23,8 +23,6 @@ whose ends (each checked, as are all choices) fmnist.params.check_params would r
 
 from __future__ import annotations
 
-import copy
-import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -34,8 +32,11 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from fmnist.core.errors import ParamError, printable, shown
-from fmnist.params import SCHEMA, check_params
+from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, printable, shown
+from fmnist.core.io import read_text_bounded
+from fmnist.model.nets import check_name
+from fmnist.params import allowed, kind_of, leaves, with_value
+from fmnist.params import check_params as check_values
 
 SPACE_FILE = "sweep.yaml"
 MAX_BYTES = 1_000_000  # a space file is a few lines; refuse to decode anything far larger
@@ -88,28 +89,28 @@ def describe(d: BaseDistribution) -> dict:
 
 def _name(key: Any) -> str:
     """A key of the file as a message shows it: on one printable line, at most 40 characters."""
-    return printable(" ".join(str(key).split())[:40])
+    return printable(flat(key, 40))
+
+
+def check_params(params: Any) -> list[str]:
+    """params.yaml's checks, and that train.model names a registered net (fmnist/model/nets.py):
+    a trial's params must train, so the sweep checks what the train stage would."""
+    errors = check_values(params)
+    if not errors:
+        try:
+            check_name(params["train"]["model"])
+        except ParamError as exc:
+            errors = [str(exc)]
+    return errors
 
 
 def known_params() -> list[str]:
-    return [f"{section}.{key}" for section, rules in SCHEMA.items() for key in rules]
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _set(params: dict, name: str, value: Any) -> dict:
-    section, key = name.split(".", 1)
-    out = copy.deepcopy(params)
-    out[section][key] = value
-    return out
+    return list(leaves())
 
 
 def _refused(params: dict, name: str, value: Any) -> str | None:
     """What the params checks say about `name` = `value` on top of `params`, or None."""
-    errors = check_params(_set(params, name, value))
+    errors = check_params(with_value(params, name, value))
     return errors[0] if errors else None
 
 
@@ -138,14 +139,14 @@ def parse_fixed(items: list[str], base: dict) -> dict[str, Any]:
         if ":" in name:
             raise ParamError(f"-S {item}: only params.yaml's params can be set (no file: prefix)")
         if name not in known:
-            raise ParamError(f"-S {item}: unknown param{_suggest(name, known)}")
+            raise ParamError(f"-S {item}: unknown param{did_you_mean(name, known)}")
         value = parse_value(text.strip())
         if (name, value) in (("train.resume", True),) or (name == "train.nproc" and value != 1):
             raise ParamError(f"-S {item}: a sweep can't set {name}: {NOT_SEARCHABLE[name]}")
         fixed[name] = value
     params = base
     for name, value in fixed.items():
-        params = _set(params, name, value)
+        params = with_value(params, name, value)
     errors = check_params(params)
     if errors:
         raise ParamError(f"-S {', '.join(items)}: {errors[0]}")
@@ -155,7 +156,7 @@ def parse_fixed(items: list[str], base: dict) -> dict[str, Any]:
 def with_fixed(base: dict, fixed: dict[str, Any]) -> dict:
     params = base
     for name, value in fixed.items():
-        params = _set(params, name, value)
+        params = with_value(params, name, value)
     return params
 
 
@@ -176,7 +177,7 @@ def _dimension(where: str, name: str, entry: Any, kind: type, params: dict) -> B
                          f"got {shown(entry)}")
     for key in entry:
         if key not in (*RANGE_KEYS, "choices"):
-            raise ParamError(f"{where}.{_name(key)}: unknown key{_suggest(str(key), [*RANGE_KEYS, 'choices'])}; "
+            raise ParamError(f"{where}.{_name(key)}: unknown key{did_you_mean(str(key), [*RANGE_KEYS, 'choices'])}; "
                              f"known keys: {', '.join((*RANGE_KEYS, 'choices'))}")
     if "choices" in entry:
         extra = [k for k in entry if k != "choices"]
@@ -188,15 +189,15 @@ def _dimension(where: str, name: str, entry: Any, kind: type, params: dict) -> B
                              f"(to fix one value for every trial, use -S {name}=VALUE)")
         if len({repr(c) for c in choices}) < len(choices):
             raise ParamError(f"{where}.choices: {shown(choices)} lists a value twice")
-        for i, choice in enumerate(choices):
-            if kind is float and isinstance(choice, int) and not isinstance(choice, bool):
-                choices[i] = choice = float(choice)
+        if kind is float:  # 1 is a fine learning rate, as in params.yaml
+            choices = [float(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in choices]
+        for choice in choices:
             problem = _refused(params, name, choice)
             if problem:
                 raise ParamError(f"{where}.choices: {shown(choice)} is refused by the params checks: {problem}")
         return CategoricalDistribution(choices)
     if kind not in (int, float):
-        raise ParamError(f"{where}: {name} takes {SCHEMA[name.split('.')[0]][name.split('.')[1]].allowed}: "
+        raise ParamError(f"{where}: {name} takes {allowed(name)}: "
                          f"give choices: [...], not a range")
     missing = [k for k in ("low", "high") if k not in entry]
     if missing:
@@ -236,15 +237,17 @@ def _settings(path: str, section: str, given: Any, defaults: dict) -> dict:
     out = dict(defaults)
     for key, value in given.items():
         if key not in defaults:
-            raise ParamError(f"{path}: {section}.{_name(key)}: unknown key{_suggest(str(key), list(defaults))}; "
+            raise ParamError(f"{path}: {section}.{_name(key)}: unknown key{did_you_mean(str(key), list(defaults))}; "
                              f"known keys: {', '.join(defaults)}")
         if key == "percentile":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100:
-                raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, expected a number above 0 and below 100")
-            value = float(value)
+                raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, "
+                                 f"expected a number above 0 and below 100")
+            out[key] = float(value)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ParamError(f"{path}: {section}.{key}: got {shown(value)}, expected an integer >= 0")
-        out[key] = value
+        else:
+            out[key] = value
     return out
 
 
@@ -257,13 +260,13 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
         doc = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - YAMLError, RecursionError, and what PyYAML's constructors raise
         # for a tag they can't build (`!!float x` ValueError, `!!float` IndexError, `!!bool x` KeyError)
-        reason = printable(" ".join(str(exc).split())[:160])  # PyYAML quotes the line, any character in it
+        reason = printable(flat(exc, 160))  # PyYAML quotes the line, any character in it
         raise ParamError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(doc, dict) or "space" not in doc:
         raise ParamError(f"{path}: expected a mapping with a 'space' of params to search, got {shown(doc)}")
     for key in doc:
         if key not in TOP_KEYS:
-            raise ParamError(f"{path}: {_name(key)}: unknown key{_suggest(str(key), list(TOP_KEYS))}; "
+            raise ParamError(f"{path}: {_name(key)}: unknown key{did_you_mean(str(key), list(TOP_KEYS))}; "
                              f"known keys: {', '.join(TOP_KEYS)}")
     space = doc["space"]
     if not isinstance(space, dict) or not space:
@@ -275,15 +278,14 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
     for name, entry in space.items():
         where = f"{path}: space.{_name(name)}"
         if not isinstance(name, str) or name not in known:
-            raise ParamError(f"{where}: unknown param{_suggest(str(name), known)}; params are section.key, "
-                             f"as -S names them")
-        section, key = name.split(".", 1)
-        reason = NOT_SEARCHABLE.get(name) or NOT_SEARCHABLE.get(section)
+            raise ParamError(f"{where}: unknown param{did_you_mean(str(name), known)}; params are dotted names "
+                             f"(train.augment.shift), as -S names them")
+        reason = NOT_SEARCHABLE.get(name) or NOT_SEARCHABLE.get(name.split(".")[0])
         if reason:
             raise ParamError(f"{where}: {name} can't be searched: {reason}")
         if name in fixed:
             continue  # -S wins, as with `dvc exp run -S`
-        distributions[name] = _dimension(where, name, entry, SCHEMA[section][key].kind, params)
+        distributions[name] = _dimension(where, name, entry, kind_of(name), params)
     if not distributions:
         raise ParamError(f"{path}: every param of the space is fixed by -S: nothing left to search")
     sampler = _settings(path, "sampler", doc.get("sampler"), SAMPLER_KEYS)
@@ -293,19 +295,14 @@ def parse_space(text: str, path: str, base: dict, fixed: dict[str, Any]) -> Swee
 
 
 def load_space(path: Path, base: dict, fixed: dict[str, Any]) -> SweepConfig:
+    """The checked SweepConfig of the space file `path` (sweep.yaml, or --space FILE; `-` is
+    standard input). ParamError, in one line naming it, for what is not a short UTF-8 file:
+    missing, a folder, a device, a named pipe with no writer, larger than MAX_BYTES."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise ParamError(f"{path}: file not found; name the search space with --space FILE") from None
-    except OSError as exc:
-        raise ParamError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_BYTES:
-        raise ParamError(f"{path}: larger than {MAX_BYTES} bytes; a search space is a few lines")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParamError(f"{path}: not UTF-8 text") from None
+        text = read_text_bounded(path, MAX_BYTES, "a search space (a few lines)",
+                                 "name the search space with --space FILE")
+    except DataError as exc:
+        raise ParamError(str(exc)) from None
     return parse_space(text, str(path), base, fixed)
 
 

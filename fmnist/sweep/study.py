@@ -34,15 +34,17 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist.core.errors import ParamError
+from fmnist.core.errors import DataError, ParamError, flat
+from fmnist.core.io import check_input
 
 DEFAULT_STORAGE = ".dvc/tmp/sweep/optuna.db"  # under the repository's top folder: DVC's git-ignored tmp
 HEARTBEAT_SECONDS = 10  # a running trial's worker records a heartbeat this often
@@ -72,10 +74,15 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
+def lock_file(database: Path) -> Path:
+    """The file beside a SQLite study that StudyLock locks."""
+    return database.with_name(database.name + ".lock")
+
+
 def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
     text = str(orig).strip().splitlines()
-    return " ".join(text[0].split())[:200] if text else type(orig).__name__
+    return flat(text[0], 200) if text else type(orig).__name__
 
 
 def storage_url(url: str) -> str:
@@ -94,6 +101,14 @@ def open_storage(url: str) -> RDBStorage:
                          f"(starting trials is locked in the database, which the sweep does for these two)")
     path = _sqlite_path(url)
     if path is not None:
+        # SQLite would wait on a named pipe (and so would the lock file's open): whatever is
+        # there must be a file, or nothing yet.
+        for file in (path, lock_file(path)):
+            try:
+                check_input(file, "--storage sqlite:///PATH names a SQLite database file", missing_ok=True,
+                            pipes=False)
+            except DataError as exc:
+                raise ParamError(str(exc)) from None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -114,7 +129,7 @@ def open_storage(url: str) -> RDBStorage:
             reason = _reason(exc)
             # Workers that start together on a new database race to create Optuna's tables.
             if attempt < 3 and ("duplicate key" in reason or "already exists" in reason):
-                time.sleep(0.5 + random.random())
+                time.sleep(0.5 + random.random())  # noqa: S311 - jitter between racing workers, not a secret
                 continue
             raise ParamError(f"--storage {shown}: can't be reached: {reason}") from None
 
@@ -126,7 +141,7 @@ class StudyLock:
     def __init__(self, storage: RDBStorage, url: str, study: str):
         self._storage, self._threads = storage, threading.Lock()
         path = _sqlite_path(url)
-        self._file = path.with_name(path.name + ".lock") if path else None
+        self._file = lock_file(path) if path else None
         self._key = zlib.crc32(f"fmnist-sweep:{study}".encode())
 
     @contextlib.contextmanager
@@ -200,7 +215,7 @@ class Worker:
     pid: int
 
     @classmethod
-    def me(cls) -> "Worker":
+    def me(cls) -> Worker:
         try:
             boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         except OSError:

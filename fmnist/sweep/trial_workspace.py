@@ -29,9 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from fmnist.core.errors import PipelineError
+from fmnist.serve.provenance import pipeline_paths
 
 SWEEP_DIR = ".dvc/tmp/sweep"  # git-ignored (DVC's tmp), beside the default SQLite storage
 STOP_ENV = "FMNIST_STOP_FILE"  # the train stage stops after its last whole epoch once this file exists
@@ -72,21 +71,6 @@ def last_error(log: Path) -> str:
     return lines[-1][:300] if lines else "the log is empty"
 
 
-def pipeline_paths(root: Path) -> dict[str, str]:
-    """Where the train stage writes its summary and evaluate its test metrics: dvc.yaml's
-    vars, so the paths are named in one place."""
-    try:
-        doc = yaml.safe_load((root / "dvc.yaml").read_text())
-        found = {}
-        for item in doc.get("vars", []):
-            if isinstance(item, dict):
-                found.update(item)
-        return {"train_summary": found["train_summary"], "eval": found["eval"]}
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
-        raise PipelineError(f"{root / 'dvc.yaml'}: expected vars train_summary and eval "
-                            f"(the files a sweep reads): {exc}") from None
-
-
 def _pgrp(pid: str) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -104,7 +88,7 @@ EPOCH_LINE = re.compile(rb"^epoch (\d+)/\d+: .*\| val loss \S+ acc ([0-9.]+)", r
 class Run:
     """One trial's `dvc exp run`, in its own process group."""
 
-    def __init__(self, proc: subprocess.Popen, workspace: "Workspace", log: Path):
+    def __init__(self, proc: subprocess.Popen, workspace: Workspace, log: Path):
         self.proc, self.workspace, self.log = proc, workspace, log
         self._read, self._accs = 0, []
 
@@ -149,16 +133,16 @@ class Workspace:
         self._lock_path, self._pgid_path = folder / f"{index}.lock", folder / f"{index}.pgid"
         self.stop_file = folder / f"{index}.stop"
         self._lock = None
-        self.paths = pipeline_paths(root)
+        self.paths = pipeline_paths(root, "train_summary", "eval")
 
     @classmethod
-    def take(cls, root: Path, count: int) -> list["Workspace"]:
+    def take(cls, root: Path, count: int) -> list[Workspace]:
         """`count` workspaces no other sweep process holds, locked for this one until it exits."""
         taken, index = [], 0
         while len(taken) < count:
             ws = cls(root, index)
             ws._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(ws._lock_path, "a")
+            f = open(ws._lock_path, "a")  # noqa: SIM115 - held open, and so locked, until the sweep exits
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from fmnist.training.distributed import World
 from fmnist.core.errors import DataError, quoted
 from fmnist.core.io import load_torch
 from fmnist.model.nets import weights_problem
-from fmnist.training.loop import HISTORY_KEYS, Progress, TrainState
+from fmnist.training.distributed import World, steps_per_epoch
+from fmnist.training.loop import HISTORY_KEYS, Progress, TrainState, build
+
+if TYPE_CHECKING:
+    from fmnist.params import Train
 
 class ResumeError(ValueError):
     """A checkpoint can't be resumed (the message says why); the caller starts afresh."""
@@ -36,12 +41,30 @@ class ResumeError(ValueError):
 NOT_RESULT_PARAMS = ("resume", "device", "compile", "max_restarts")
 
 
-def run_key(p: dict, images: torch.Tensor, labels: torch.Tensor, world_size: int) -> dict:
+def run_key(p: Train, images: torch.Tensor, labels: torch.Tensor, world_size: int) -> dict:
     """What a checkpoint must match to be resumed: the params that shape results, the
     number of processes (it decides each one's shard) and the data."""
     digest = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
-    return {"params": {k: v for k, v in p.items() if k not in NOT_RESULT_PARAMS}, "world": world_size,
-            "data_sha256": digest}
+    params = json.loads(p.model_dump_json(exclude=set(NOT_RESULT_PARAMS)))  # plain data, as the file holds it
+    return {"params": params, "world": world_size, "data_sha256": digest}
+
+
+def start(p: Train, path: Path, key: dict, n_train: int, device: torch.device, dtype: torch.dtype | None,
+          world: World) -> tuple[TrainState, Progress | None]:
+    """A fresh run, or, with train.resume or after torchrun restarted the workers, the
+    checkpoint's at `path` when it matches `key` (rank 0 reads it and shares it)."""
+    state = build(p, n_train, device, dtype, world)
+    if not (p.resume or world.restart):
+        return state, None
+    progress = None
+    if world.main:
+        if world.restart:
+            print(f"torchrun restarted the workers (restart {world.restart}); resuming from the last checkpoint")
+        progress = resume(path, key, state, steps_per_epoch(n_train, p.batch_size, world.size))
+    progress = share_restored(progress, state, world)
+    if progress is None:  # a failed restore may have loaded part of the state
+        state = build(p, n_train, device, dtype, world)
+    return state, progress
 
 
 def max_checkpoint_bytes(net: torch.nn.Module, epochs: int) -> int:
@@ -131,9 +154,9 @@ def _restore(checkpoint: dict, state: TrainState, steps: int) -> Progress:
             or best["val_acc"] != history[best["epoch"] - 1]["val/acc"]:
         raise ValueError(f"the best epoch {best['epoch']!r:.20} doesn't match the history")
     averaged = checkpoint["ema"]
-    if ema is None and averaged is not None or ema is not None and (
+    if (ema is None and averaged is not None) or (ema is not None and (
             not isinstance(averaged, dict) or set(averaged) != {"updates", "state_dict"}
-            or averaged["updates"] != epoch * steps):
+            or averaged["updates"] != epoch * steps)):
         raise ValueError(f"the moving average of the weights is {averaged!r:.60}")
     for what, weights in (("weights", checkpoint["state_dict"]), ("best weights", best["state_dict"]),
                           ("averaged weights", averaged["state_dict"] if ema is not None else net.state_dict())):

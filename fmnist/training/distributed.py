@@ -1,13 +1,15 @@
 """Training on several processes or machines: torchrun, DistributedDataParallel, shards.
 
+    check_nproc(nproc, device)                 # before any process starts: fewer processes, or the CPU
     world, device = init_distributed(device)   # World(rank=0, size=1) when run alone
     model = wrap_ddp(model, device, world)     # DDP across the processes; unchanged alone
     order = shard(order, world.rank, world.size)
 
 With `train.nproc: N` the train stage relaunches itself under torchrun as N processes
 (`relaunch_under_torchrun`); it can also be launched by torchrun directly, on one or
-several machines. NCCL on CUDA, Gloo on CPU. Every rank trains on an equal shard of each
-epoch's order; rank 0 alone scores, logs and writes files.
+several machines. NCCL on CUDA (one GPU per process), Gloo on CPU; not on MPS. Every
+rank trains on an equal shard of each epoch's order; rank 0 alone scores, logs and
+writes files.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from fmnist.core.errors import PeersLost, PipelineError, Terminated
+from fmnist.core.errors import ParamError, PeersLost, PipelineError, Terminated
 
 STORE_TIMEOUT = timedelta(minutes=30)  # how long ranks wait for each other to start (Gloo's default)
 
@@ -46,6 +48,26 @@ class World:
         return self.rank == 0
 
 
+def check_nproc(nproc: int, device: torch.device, param: str = "train.nproc") -> None:
+    """ParamError unless `nproc` processes on this machine can train on `device`.
+
+    On CUDA each process takes a GPU of its own (more processes than GPUs would fail in
+    `torch.cuda.set_device`, "invalid device ordinal", once per process and restart).
+    MPS trains as one process: Gloo, the backend torch 2.14 maps mps to, serves CPU and
+    CUDA tensors only (`Backend.backend_capability`), so DDP would fail.
+    """
+    if nproc == 1 or device.type == "cpu":
+        return
+    instead = f"or train.device: cpu to train with {nproc} CPU processes"
+    if device.type == "mps":
+        raise ParamError(f"{param}: got {nproc}, but mps trains as one process (Gloo, torch's only process group "
+                         f"backend for mps, takes CPU and CUDA tensors only); use 1, {instead}")
+    gpus = torch.cuda.device_count()
+    if nproc > gpus:
+        raise ParamError(f"{param}: got {nproc}, but this machine has {gpus} CUDA GPU{'s' * (gpus != 1)} and each "
+                         f"process trains on one of its own; use at most {gpus}, {instead}")
+
+
 def init_distributed(device: torch.device) -> tuple[World, torch.device]:
     """Join the process group torchrun set up (NCCL on CUDA, Gloo on CPU), if any.
 
@@ -55,6 +77,8 @@ def init_distributed(device: torch.device) -> tuple[World, torch.device]:
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if world_size == 1:
         return World(restart=restart), device
+    # Launched by torchrun directly: as many processes on this machine as --nproc_per_node says.
+    check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)), device, "torchrun --nproc_per_node")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -146,8 +170,14 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, world: World) -> torc
     # On CPU, one gradient bucket per parameter: DDP otherwise starts with one bucket and
     # re-forms it in gradient-ready order after its first step, so a restarted run (a new
     # DDP) would add 3+ ranks' gradients in another order, and differ in the last bits.
+    # SyncBatchNorm (CUDA) updates every rank's running statistics alike from the global
+    # batch: DDP's broadcast of rank 0's buffers before every forward would copy them onto
+    # themselves (forward_sync_buffers, torch 2.14's name for broadcast_buffers; the buffers
+    # are still made alike once, at the start). Plain BatchNorm (CPU) keeps it.
+    synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   bucket_cap_mb_list=[0] if device.type == "cpu" else None)
+                                   bucket_cap_mb_list=[0] if device.type == "cpu" else None,
+                                   forward_sync_buffers=not synced)
 
 
 def peers_lost(exc: RuntimeError, world: World) -> PeersLost | None:

@@ -1,8 +1,8 @@
 """The training loop, on whole in-memory tensors: optimiser, schedule, epochs, the best epoch.
 
-    settings = Settings.from_params(p, device, dtype, world)
-    state = build(p, len(train_y), device, world)       # net, model, optimizer, scheduler, ema
-    progress = fit(state, (train_x, train_y), (val_x, val_y), settings)
+    p = load_params().train                                  # fmnist.params.Train
+    state = build(p, len(train_y), device, dtype, world)     # net, model, optimizer, scheduler, ema; where
+    progress = fit(state, (train_x, train_y), (val_x, val_y), p)
 
 `fit` is what the train stage and the benchmark both run: epochs of `train_epoch` (the
 classic loop: zero_grad, forward, loss, backward, step), each scored on the validation
@@ -10,7 +10,8 @@ set, keeping the epoch with the best validation accuracy.
 
 Images stay uint8 (N, 28, 28) tensors on the device for the whole run; each batch is
 indexed, normalised and augmented as one tensor, so there is no DataLoader, no worker
-process and no per-image transform.
+process and no per-image transform. The only waits for a GPU are every CHECK_EVERY
+batches and at the end of an epoch.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -27,14 +29,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fmnist.training.augment import augment_batch
-from fmnist.model.classifier import Classifier, normalize, score
 from fmnist.core.dataset import CLASSES
-from fmnist.model.device import autocast, to_device, to_device_layout
+from fmnist.core.errors import ParamError, TrainingDiverged
+from fmnist.model.classifier import Classifier, normalize, score
+from fmnist.model.device import autocast, configure, to_device, to_device_layout
+from fmnist.model.nets import build_model
+from fmnist.training.augment import Augmentation
 from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch, wrap_ddp
 from fmnist.training.ema import Ema
-from fmnist.core.errors import ParamError, TrainingDiverged
-from fmnist.model.nets import build_model
+
+if TYPE_CHECKING:
+    from fmnist.params import Train
 
 CHECK_EVERY = 50  # batches between loss checks: each check waits for a GPU to catch up
 VAL_BATCH = 1000  # images per forward pass when scoring the validation set
@@ -62,7 +67,7 @@ def lr_factor(step: int, total: int, warmup: float = 0.25, start: float = 0.04, 
     annealing down to `end` at the last step. Defined for any total >= 1, a single
     step included (it then runs at the peak).
     """
-    rise = int(round(warmup * total))
+    rise = round(warmup * total)
     if step < rise:
         return start + (1 - start) * step / rise
     fall = total - rise - 1
@@ -72,14 +77,14 @@ def lr_factor(step: int, total: int, warmup: float = 0.25, start: float = 0.04, 
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def make_optimizer(p: dict, net: torch.nn.Module, total_steps: int):
+def make_optimizer(p: Train, net: torch.nn.Module, total_steps: int):
     """The optimizer `train.optimizer` names and its one-cycle schedule over `total_steps`."""
-    if p["optimizer"] == "sgd":
-        optimizer = torch.optim.SGD(net.parameters(), lr=p["lr"], momentum=p["momentum"],
-                                    nesterov=p["momentum"] > 0, weight_decay=p["weight_decay"])
+    if p.optimizer == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum,
+                                    nesterov=p.momentum > 0, weight_decay=p.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(net.parameters(), lr=p["lr"], betas=(p["momentum"], 0.999),
-                                      weight_decay=p["weight_decay"])
+        optimizer = torch.optim.AdamW(net.parameters(), lr=p.lr, betas=(p.momentum, 0.999),
+                                      weight_decay=p.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, max(1, total_steps)))
     return optimizer, scheduler
 
@@ -92,15 +97,20 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: Ema | None          # the moving average of the weights (train.ema > 0): scored and saved instead
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast dtype (train.precision); None: fp32
+    world: World = World()            # this process among those of a torchrun launch
 
 
-def build(p: dict, n_train: int, device: torch.device, world: World = World()) -> TrainState:
-    """A fresh TrainState for the params' train section and `n_train` training images.
+def build(p: Train, n_train: int, device: torch.device, dtype: torch.dtype | None = None,
+          world: World = World()) -> TrainState:
+    """A fresh TrainState for the params' train section and `n_train` training images, on `device`.
 
     Seeded, so every rank starts alike.
     """
-    seed_everything(p["seed"])
-    net = build_model(p["model"], len(CLASSES))
+    seed_everything(p.seed)
+    configure(device)
+    net = build_model(p.model, len(CLASSES))
     if world.size > 1 and device.type == "cuda":
         # BatchNorm statistics over the global batch, as one process computes them. Its
         # state_dict keys are BatchNorm's: the saved weights load into the plain net. On
@@ -108,35 +118,12 @@ def build(p: dict, n_train: int, device: torch.device, world: World = World()) -
         # on GPUs (torch 2.14 raises ValueError for CPU tensors under Gloo).
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = wrap_ddp(to_device_layout(net, device), device, world)
-    if p["compile"]:
+    if p.compile:
         model = torch.compile(model)
-    total = p["epochs"] * steps_per_epoch(n_train, p["batch_size"], world.size)
+    total = p.epochs * steps_per_epoch(n_train, p.batch_size, world.size)
     optimizer, scheduler = make_optimizer(p, net, total)
-    ema = Ema(net, p["ema"]) if p["ema"] > 0 else None
-    return TrainState(net, model, optimizer, scheduler, ema)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the loop reads of the params' train section, and where it runs."""
-    epochs: int
-    batch_size: int          # images a step on each process: train.batch_size shared by the processes
-    seed: int
-    augment: bool            # flip a random half of each batch
-    shift: int
-    erase: float
-    label_smoothing: float
-    device: torch.device
-    dtype: torch.dtype | None  # autocast dtype; None: fp32
-    world: World = World()
-    progress_bar: bool = True  # tqdm's bar on a terminal (never in logs)
-
-    @classmethod
-    def from_params(cls, p: dict, device: torch.device, dtype: torch.dtype | None, world: World = World(),
-                    progress_bar: bool = True) -> Settings:
-        return cls(epochs=p["epochs"], batch_size=per_rank_batch(p["batch_size"], world.size), seed=p["seed"],
-                   augment=p["augment"], shift=p["shift"], erase=p["erase"], label_smoothing=p["label_smoothing"],
-                   device=device, dtype=dtype, world=world, progress_bar=progress_bar)
+    ema = Ema(net, p.ema) if p.ema > 0 else None
+    return TrainState(net, model, optimizer, scheduler, ema, device, dtype, world)
 
 
 def epoch_generators(seed: int, epoch: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
@@ -171,43 +158,49 @@ class EpochFigures(NamedTuple):
     loss_smoothed: float   # the label-smoothed cross-entropy the optimiser minimised
 
 
-def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, epoch: int, settings: Settings,
-                on_step: Callable[[int, int], None] | None = None) -> EpochFigures:
+def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, epoch: int, p: Train,
+                should_stop: Callable[[int, int], bool] | None = None) -> EpochFigures | None:
     """One pass over `images` in this epoch's random order; returns its mean losses and accuracy.
 
-    Under torchrun each rank trains on its own shard of the order, settings.batch_size
-    images a step (DDP averages the gradients); the returned figures cover all ranks.
-    They are measured on the augmented batches the model was trained on. The loss is
-    plain cross-entropy, computed from the same logits as the label-smoothed loss that
+    Under torchrun each rank trains on its own shard of the order, train.batch_size /
+    nproc images a step (DDP averages the gradients); the returned figures cover all
+    ranks. They are measured on the augmented batches the model was trained on. The loss
+    is plain cross-entropy, computed from the same logits as the label-smoothed loss that
     is optimised (no second forward pass): with smoothing 0.1 the optimised loss can't
     fall much below 0.5, so only the plain one compares with the validation loss.
-    `on_step(epoch, batches done)` is called every CHECK_EVERY batches and after the
-    last one (the benchmark scores the test set there, off the clock).
+    `should_stop(epoch, batches done)` is asked every CHECK_EVERY batches and after the
+    last one (the benchmark scores the test set there, off the clock); when it says
+    yes, the epoch is abandoned and None returned.
+
+    The epoch's order and augmentation draws go to the device once, before the first
+    step; a step itself asks nothing of the host, so a GPU runs up to CHECK_EVERY
+    batches ahead of it, until `_check` waits for it.
     """
-    model, optimizer, scheduler, ema = state.model, state.optimizer, state.scheduler, state.ema
-    device, world, batch_size = settings.device, settings.world, settings.batch_size
+    model, optimizer, scheduler, ema, device, world = (state.model, state.optimizer, state.scheduler, state.ema,
+                                                       state.device, state.world)
+    batch_size = per_rank_batch(p.batch_size, world.size)
     model.train()
-    order_gen, aug_gen = epoch_generators(settings.seed, epoch, world.rank)
-    order = torch.randperm(len(images), generator=order_gen)
-    order = to_device(shard(order, world.rank, world.size), device)
+    order_gen, aug_gen = epoch_generators(p.seed, epoch, world.rank)
+    order = shard(torch.randperm(len(images), generator=order_gen), world.rank, world.size)
     n_batches = -(-len(order) // batch_size)
     if n_batches == 0:  # fmnist.params.size_problems refuses this up front
         raise ParamError(f"train.nproc: {world.size} processes but only {len(images)} training images")
+    augmentation = Augmentation(p.augment, len(order), aug_gen, device)
+    order = to_device(order, device)
     losses = torch.zeros(n_batches, device=device)  # the optimised (label-smoothed) loss
     plain = torch.zeros(n_batches, device=device)   # plain cross-entropy of the same logits
     correct = torch.zeros((), dtype=torch.long, device=device)
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{settings.epochs}", unit="batch", leave=False,
-               disable=None if settings.progress_bar and world.main else True)
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=False,
+               disable=None if world.main else True)  # None: a bar on a terminal, never in logs
     for b in bar:
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        x, y = normalize(images[idx].unsqueeze(1)), labels[idx]
-        if settings.augment or settings.shift or settings.erase:
-            x = augment_batch(x, aug_gen, flip=settings.augment, shift=settings.shift, erase=settings.erase)
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        idx = order[rows]
+        x, y = augmentation(normalize(images[idx].unsqueeze(1)), rows), labels[idx]
         x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, settings.dtype):
+        with autocast(device, state.dtype):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
+            loss = F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -217,12 +210,9 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
         with torch.no_grad():
             plain[b] = F.cross_entropy(logits.detach().float(), y)
         correct += (logits.argmax(1) == y).sum()
-        if (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches:  # a sync point: a GPU runs ahead in between
-            _check_finite(losses[:b + 1], epoch, n_batches, world)
-            bar.set_postfix(loss=f"{losses[b].item():.4f}")
-            if on_step is not None:
-                on_step(epoch, b + 1)
-                model.train()
+        checked = (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches
+        if checked and _check(state, losses[:b + 1], epoch, n_batches, bar, should_stop):
+            return None
     # Each batch's loss weighs by its size, so a short last batch counts for less.
     sizes = torch.full((n_batches,), float(batch_size), device=device)
     sizes[-1] = len(order) - batch_size * (n_batches - 1)
@@ -231,6 +221,20 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
     if world.size > 1:
         dist.all_reduce(totals)
     return EpochFigures(*(float(total / totals[3]) for total in totals[:3]))
+
+
+def _check(state: TrainState, losses: torch.Tensor, epoch: int, n_batches: int, bar: tqdm,
+           should_stop: Callable[[int, int], bool] | None) -> bool:
+    """The loop's host sync, every CHECK_EVERY batches and after the last: a diverged loss
+    stops the run, the bar shows the last loss, `should_stop` is asked. True: stop the epoch."""
+    _check_finite(losses, epoch, n_batches, state.world)
+    bar.set_postfix(loss=f"{losses[-1].item():.4f}")
+    if should_stop is None:
+        return False
+    if should_stop(epoch, len(losses)):
+        return True
+    state.model.train()  # it may have scored something (the benchmark scores the test set there)
+    return False
 
 
 @dataclass
@@ -242,27 +246,31 @@ class Progress:
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0, "state_dict": None})
 
 
-def fit(state: TrainState, train: tuple, val: tuple, settings: Settings, progress: Progress | None = None,
+def fit(state: TrainState, train: tuple, val: tuple, p: Train, progress: Progress | None = None,
         on_epoch: Callable[[Progress, float], None] | None = None,
-        on_step: Callable[[int, int], None] | None = None) -> Progress:
-    """Train from `progress` (a fresh run, or a restored one) to settings.epochs; keep the best epoch.
+        should_stop: Callable[[int, int], bool] | None = None) -> Progress:
+    """Train from `progress` (a fresh run, or a restored one) to train.epochs; keep the best epoch.
 
     After each epoch rank 0 scores the validation set and calls `on_epoch(progress,
-    seconds)` (the train stage logs and checkpoints there); `on_step` is passed on to
-    `train_epoch`. With an EMA, the averaged weights are scored and kept instead of the
-    net's. Returns the final Progress, with the best epoch's weights (rank 0).
+    seconds)` (the train stage logs and checkpoints there). `should_stop` is passed on
+    to `train_epoch`: a stopped run ends with the epochs it finished (progress.epoch <
+    train.epochs). With an EMA, the averaged weights are
+    scored and kept instead of the net's. Returns the final Progress, with the best
+    epoch's weights (rank 0).
     """
     progress = progress or Progress()
-    for epoch in range(progress.epoch + 1, settings.epochs + 1):
+    for epoch in range(progress.epoch + 1, p.epochs + 1):
         t0 = time.perf_counter()
-        trained = train_epoch(state, *train, epoch, settings, on_step)
+        trained = train_epoch(state, *train, epoch, p, should_stop)
+        if trained is None:
+            return progress
         progress.epoch = epoch
-        if not settings.world.main:
+        if not state.world.main:
             continue  # the other ranks go straight on; the next step's all-reduce waits for rank 0
         # Rank 0 scores the whole validation set with the plain module (no DDP collectives).
         kept = state.ema.module if state.ema is not None else state.net
-        scored = score(Classifier(kept, mirror=False), *val, device=settings.device, batch_size=VAL_BATCH,
-                       dtype=settings.dtype)
+        scored = score(Classifier(kept, mirror=False), *val, device=state.device, batch_size=VAL_BATCH,
+                       dtype=state.dtype)
         progress.history.append({"train/loss": trained.loss, "train/loss_smoothed": trained.loss_smoothed,
                                  "train/acc": trained.acc, "val/loss": scored.loss, "val/acc": scored.accuracy})
         if scored.accuracy > progress.best["val_acc"]:

@@ -12,7 +12,6 @@ import sys
 import yaml
 
 from helpers import ROOT
-
 from helpers.data import TINY_PARAMS, write_raw
 
 
@@ -25,7 +24,8 @@ def test_bench_writes_a_row_per_contender_with_every_seed(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(ROOT / "bench/bench.py"), "--raw", str(raw), "--params",
                            str(tmp_path / "params.yaml"), "--out", str(out), "--seeds", "0", "1",
-                           "--profiles", "fast", "--reference-epochs", "1"], cwd=tmp_path, capture_output=True, text=True)
+                           "--profiles", "fast", "--reference-epochs", "1"],
+                          cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.with_suffix(".json").read_text())
     rows = result["rows"]

@@ -24,12 +24,20 @@ import time
 import uuid
 from pathlib import Path
 
-from helpers.data import write_raw
-
-from helpers.processes import KILL_PARAMS, RUNTIME_LOCK, TRAIN_OUTPUTS, assert_same_run, final_state, launch, needs_proc, torchrun, workers_of
-
-from helpers.repos import make_repo
 from fmnist.model.model_file import load_model
+from helpers.data import write_raw
+from helpers.processes import (
+    KILL_PARAMS,
+    RUNTIME_LOCK,
+    TRAIN_OUTPUTS,
+    assert_same_run,
+    final_state,
+    launch,
+    needs_proc,
+    torchrun,
+    workers_of,
+)
+from helpers.repos import make_repo
 
 DDP_PARAMS = {"data": {"val_size": 60}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu"}}
 
@@ -63,7 +71,8 @@ def test_sigterm_to_the_relaunching_stage_stops_every_process_in_one_line_each(t
         if stage.poll() is None:
             stage.kill()
     assert stage.returncode == 143, (out, err)
-    assert "Traceback" not in err and err.strip().endswith("terminated (SIGTERM); outputs are written whole or not at all")
+    assert "Traceback" not in err
+    assert err.strip().endswith("terminated (SIGTERM); outputs are written whole or not at all")
     assert not (repo.path / "models/model.pt").exists()
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers.values()), "a worker was left running"
 

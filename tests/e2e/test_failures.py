@@ -24,17 +24,13 @@ import pytest
 import torch
 import yaml
 
-from helpers import ROOT
-
-from helpers.damage import file_size_limit, one_line
-
-from helpers.data import TINY_PARAMS, write_raw
-
-from helpers.processes import SLOW, assert_clean_failure, start_repro, wait_for
-
-from helpers.repos import make_repo, reproduced_repo, set_params
 from fmnist.core.io import torch_bytes
 from fmnist.model.model_file import load_model
+from helpers import ROOT
+from helpers.damage import file_size_limit, one_line
+from helpers.data import TINY_PARAMS, write_raw
+from helpers.processes import SLOW, assert_clean_failure, start_repro, wait_for
+from helpers.repos import make_repo, reproduced_repo, set_params
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once
 # (pyproject.toml runs pytest with --dist loadgroup).
@@ -161,7 +157,7 @@ def test_a_stage_reading_a_damaged_file_stops_with_one_line(pipeline, path, dama
 RESUME_DAMAGE = {
     "truncated": (lambda c, data: data[:len(data) // 3], "not a readable torch file, truncated or damaged"),
     "garbage": (lambda c, data: b"garbage" * 1000, "not a torch file (it doesn't start like one)"),
-    "history damaged": (lambda c, data: torch_bytes({**c, "history": c["history"][:1] + ["x"]}),
+    "history damaged": (lambda c, data: torch_bytes({**c, "history": [*c["history"][:1], "x"]}),
                         "is damaged (a row of history is 'x')"),
     "momentum of the wrong shape": (
         lambda c, data: torch_bytes({**c, "optimizer": {**c["optimizer"], "state": {
@@ -197,10 +193,13 @@ def _corrupt(folder: Path, name: str, data: bytes) -> None:
 @pytest.mark.parametrize("name, data, message", [
     ("train-images-idx3-ubyte", b"", "train-images-idx3-ubyte: the file is empty"),
     ("train-images-idx3-ubyte", b"\x1f\x8b\x08\x00garbage", "train-images-idx3-ubyte: not a readable gzip file"),
-    ("t10k-labels-idx1-ubyte", (2051).to_bytes(4, "big") + b"\0" * 8, "t10k-labels-idx1-ubyte: wrong magic number 2051"),
-    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (120, 28, 28)) + b"\0" * 100,
+    ("t10k-labels-idx1-ubyte", (2051).to_bytes(4, "big") + b"\0" * 8,
+     "t10k-labels-idx1-ubyte: wrong magic number 2051"),
+    ("t10k-images-idx3-ubyte",
+     (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (120, 28, 28)) + b"\0" * 100,
      "t10k-images-idx3-ubyte: truncated"),
-    ("t10k-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (1, 32, 32)) + b"\0" * 1024,
+    ("t10k-images-idx3-ubyte",
+     (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (1, 32, 32)) + b"\0" * 1024,
      "images are 32x32, expected 28x28"),
     ("t10k-labels-idx1-ubyte", (2049).to_bytes(4, "big") + (119).to_bytes(4, "big") + b"\0" * 119,
      "holds 120 images but"),
@@ -348,7 +347,8 @@ def test_sigterm_stops_the_train_stage_like_ctrl_c_and_the_next_repro_completes(
 
     four_epoch_repo.dvc("repro")
     assert_whole(four_epoch_repo)
-    assert (four_epoch_repo.path / "models/model.pt").is_file() and (four_epoch_repo.path / "metrics/eval.json").is_file()
+    assert (four_epoch_repo.path / "models/model.pt").is_file()
+    assert (four_epoch_repo.path / "metrics/eval.json").is_file()
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ import sys
 import pytest
 
 from helpers import ROOT
+from helpers.tools import PIP_HINT, need_module
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="atheris has Linux wheels only (requirements/test.txt)")
 def test_every_target_fuzzes_for_two_seconds_and_nothing_breaks_the_rule(tmp_path):
-    pytest.importorskip("atheris", reason="atheris: Linux only (requirements/test.txt)")
+    need_module("atheris", PIP_HINT)
     proc = subprocess.run([sys.executable, "-m", "fuzz", "--seconds", "2", "--workdir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from helpers.data import write_raw
-
 from helpers.processes import assert_clean_failure
-
 from helpers.repos import file_md5, make_repo, set_params
 
 
@@ -35,8 +33,17 @@ def test_bad_params_stop_before_work_and_lose_nothing(repo):
 
 
 def test_an_override_of_an_unknown_key_is_refused(repo):
+    """DVC refuses `-S` of a key params.yaml lacks before any stage runs; `-S +key=...` adds
+    it, and then the first stage that reads params refuses it, by name (not `train.epochs`,
+    which any message about the epochs would name)."""
     proc = repo.dvc("exp", "run", "-S", "train.epoch=3", check=False)
-    assert proc.returncode != 0 and "train.epoch" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Running stage" not in proc.stdout, proc.stdout
+    assert "Could not override 'train.epoch'." in proc.stderr, proc.stderr
+    assert not (repo.path / "data").exists()
+
+    proc = repo.dvc("exp", "run", "-S", "+train.epoch=3", check=False)
+    assert_clean_failure(proc, "error: params.yaml: train.epoch: unknown key (did you mean 'epochs'?); known keys: ")
+    assert "Running stage 'train'" not in proc.stdout and not (repo.path / "models/model.pt").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

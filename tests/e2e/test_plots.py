@@ -7,7 +7,8 @@ DevTools protocol on a pipe (no port, no extra package). Every chart must have d
 marks as SVG, every picture must have loaded, and nothing may have asked the network
 for anything or logged an error.
 
-Skipped without chromium or the npm packages, except in CI (CI=true), where it fails.
+Without chromium or the npm packages: skipped, except under CI (CI=true), where it fails
+(tests/helpers/tools.py).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-
 from helpers.data import TINY_PARAMS, write_raw
-
 from helpers.repos import make_repo
+from helpers.tools import CHROMIUM_HINT, NPM_HINT, need, need_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -61,15 +61,6 @@ INSPECT = """(() => ({ready: document.readyState, divs: [...document.querySelect
 })}))()"""
 
 
-def need(found: bool, what: str) -> None:
-    """Skip without `what`, but fail in CI, where a skipped check would pass unseen."""
-    if found:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing in CI (.ci/run installs it)")
-    pytest.skip(f"needs {what}")
-
-
 class Chromium:
     """Headless Chromium driven over the DevTools protocol on fds 3 and 4 (--remote-debugging-pipe).
 
@@ -91,7 +82,7 @@ class Chromium:
 
         self.proc = subprocess.Popen(
             [executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4, *ends), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            pass_fds=(3, 4, *ends), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: PLW1509 - two os.dup2 calls, no lock taken
         for fd in ends:
             os.close(fd)
         self._next_id, self.session = 0, None
@@ -153,7 +144,7 @@ class Chromium:
 def plots_page(tmp_path_factory) -> Path:
     """`dvc plots show`'s page of a pipeline reproduced on tiny data, with the offline template."""
     need(all((NODE_MODULES / name / "package.json").is_file() for name in ("vega", "vega-lite", "vega-embed")),
-         f"vega, vega-lite and vega-embed from npm in {NODE_MODULES} (make test installs them where npm is)")
+         f"vega, vega-lite and vega-embed from npm in {NODE_MODULES}", NPM_HINT)
     root = tmp_path_factory.mktemp("plots")
     # A learning rate too small to learn much in two epochs: mistakes for the confusion matrix to colour.
     params = {**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "lr": 0.001}}
@@ -176,8 +167,7 @@ def test_the_plots_page_holds_no_address_to_fetch(plots_page):
 
 def test_every_chart_draws_offline_in_chromium(plots_page, tmp_path):
     # Debian's package, or the Chrome that GitHub's Ubuntu runners come with.
-    executable = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    need(executable is not None, "chromium (apt-get install chromium)")
+    executable = need_tool("chromium", CHROMIUM_HINT, "chromium-browser", "google-chrome")
     browser = Chromium(executable, tmp_path / "profile")
     try:
         browser.open(plots_page.as_uri())
@@ -197,8 +187,8 @@ def test_every_chart_draws_offline_in_chromium(plots_page, tmp_path):
     by_id = {d["id"]: d for d in divs}
     requests = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
     errors = [e["params"] for e in events if e["method"] == "Runtime.exceptionThrown"
-              or e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert")
-              or e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
+              or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+              or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
 
     assert [url for url in requests if not url.startswith(("file:", "data:", "about:"))] == [], requests
     assert errors == [], errors

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers.repos import Repo, make_repo, run
+from helpers.tools import PIP_HINT, need_module
 
 BUCKET = "fmnist"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -98,8 +99,8 @@ def test_default_local_remote_push_then_pull_in_a_fresh_clone(tmp_path, tiny_raw
 @pytest.fixture
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1 and a free port, for the duration of one test."""
-    pytest.importorskip("dvc_s3", reason="the S3 remote needs dvc-s3: pip install -e '.[test]'")
-    moto_server = pytest.importorskip("moto.server", reason="needs moto[server]: pip install -e '.[test]'")
+    need_module("dvc_s3", PIP_HINT)  # the S3 remote
+    moto_server = need_module("moto.server", PIP_HINT)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     # start() waits for the server without a time limit: bound the wait here.
     starter = threading.Thread(target=server.start, daemon=True)
@@ -118,7 +119,7 @@ def test_s3_remote_push_then_pull_in_a_fresh_clone(tmp_path, tiny_raw, s3_endpoi
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 - moto's
     s3.create_bucket(Bucket=BUCKET)
     repo = setup_repo(tmp_path, tiny_raw)
     repro_and_commit(repo)

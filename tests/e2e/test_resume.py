@@ -19,9 +19,18 @@ import sys
 import torch
 
 from helpers.data import write_raw
-
-from helpers.processes import KILL_PARAMS, RUNTIME_LOCK, SLOW, assert_same_run, final_state, launch, needs_proc, start_repro, torchrun, wait_for
-
+from helpers.processes import (
+    KILL_PARAMS,
+    RUNTIME_LOCK,
+    SLOW,
+    assert_same_run,
+    final_state,
+    launch,
+    needs_proc,
+    start_repro,
+    torchrun,
+    wait_for,
+)
 from helpers.repos import make_repo, set_params
 
 # Where the uninterrupted reference run writes, beside the interrupted run's own outputs.

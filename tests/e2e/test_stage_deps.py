@@ -15,7 +15,6 @@ import sys
 import pytest
 
 from helpers import ROOT
-
 from helpers.repos import reproduced_repo, set_params
 
 # Its tests share a module fixture that takes a minute to build: one worker builds it, once
@@ -27,14 +26,20 @@ STAGES = {"download", "prepare", "train", "evaluate", "export"}
 EDITS = {
     "the download": (r"def fetch_raw\(", {"download", "prepare"}, {"download"}),
     "the raw-format reader": (r"def parse_idx\(", {"download", "prepare"}, {"download", "prepare"}),
-    "the network's definition": (r"^ARCHITECTURES = ", {"train", "evaluate", "export"},
+    "what every stage needs": (r"def did_you_mean\(", STAGES, STAGES),
+    "the params model": (r"^class Train\(", {"prepare", "train", "evaluate", "export"},
+                         {"prepare", "train", "evaluate", "export"}),
+    "the network's definition": (r"^def register\(", {"train", "evaluate", "export"},
                                  {"train", "evaluate", "export"}),
     "the training loop": (r"def train_epoch\(", {"train"}, {"train"}),
     "the optimiser and schedule": (r"def make_optimizer\(", {"train"}, {"train"}),
     "the moving average": (r"class Ema\b", {"train"}, {"train"}),
     "distributed training": (r"def init_distributed\(", {"train"}, {"train"}),
     "checkpoints": (r"def checkpoint_state\(", {"train"}, {"train"}),
-    "augmentation": (r"def augment_batch\(", {"train"}, {"train"}),
+    "augmentation": (r"^class Augmentation\b", {"train"}, {"train"}),
+    "what a run records": (r"^class Record\b", {"train"}, {"train"}),
+    "the test metrics": (r"def per_class_table\(", {"evaluate"}, {"evaluate"}),
+    "the ONNX graph": (r"def onnx_bytes\(", {"export"}, {"export"}),
     "fmnist-predict": (r"def print_card\(", set(), set()),
     "fmnist-sweep": (r"def run_trials\(", set(), set()),
     "the picture reader": (r"def to_fashion_mnist\(", set(), set()),

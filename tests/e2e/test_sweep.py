@@ -24,10 +24,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers.data import write_raw
-
-from helpers.repos import make_repo
 from fmnist.sweep.study import storage_url
+from helpers.data import write_raw
+from helpers.repos import make_repo
+from helpers.tools import POSTGRES_HINT, missing
 
 SWEEP = str(Path(sys.executable).parent / "fmnist-sweep")
 # A small net that learns the synthetic images in an epoch or two.
@@ -97,9 +97,10 @@ def fail_when_lr_is(value: float):
     def patch(path: Path) -> None:
         stage = path / "stages/train.py"
         text = stage.read_text()
-        anchor = '    p = load_params()["train"]\n'
-        assert anchor in text
-        stage.write_text(text.replace(anchor, anchor + f'    if p["lr"] == {value}:\n'
+        anchor, imports = "    p = load_params().train\n", "from fmnist.core.errors import run\n"
+        assert anchor in text and imports in text
+        text = text.replace(imports, "from fmnist.core.errors import ParamError, run\n")
+        stage.write_text(text.replace(anchor, anchor + f"    if p.lr == {value}:\n"
                                       f'        raise ParamError("train.lr: {value} is refused by this test")\n'))
     return patch
 
@@ -116,7 +117,8 @@ def test_trials_are_experiments_two_at_a_time_a_failure_is_kept_and_a_resumed_sw
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], out
     assert trials[0].user_attrs["defaults"] and trials[0].params == {"train.lr": 0.05, "train.label_smoothing": 0.1}
     # Two at once, each in its own copy of the repository.
-    assert trials[1].datetime_start < trials[0].datetime_complete and trials[0].datetime_start < trials[1].datetime_complete
+    assert trials[1].datetime_start < trials[0].datetime_complete
+    assert trials[0].datetime_start < trials[1].datetime_complete
     logs = [(repo.path / "reports/sweep/sweep/logs" / f"sweep-{i}.log").read_text() for i in (0, 1)]
     assert {log.split()[1] for log in logs} == {".dvc/tmp/sweep/workspaces/0", ".dvc/tmp/sweep/workspaces/1"}
     assert all("OMP_NUM_THREADS=1" in log for log in logs)
@@ -244,7 +246,8 @@ def test_ctrl_c_and_a_killed_sweep_leave_a_study_that_reruns_the_interrupted_tri
     assert trials[2].user_attrs["rerun_of"] == 1 and trials[2].params == t0.params and trials[2].user_attrs["defaults"]
     assert set(experiments(repo)) == {"sweep-2"}
     assert leftovers(workspace) == []
-    assert "interrupted: trial 0 (the sweep was stopped (Ctrl-C or SIGTERM) in the middle of it); re-run as trial 1" in out
+    assert ("interrupted: trial 0 (the sweep was stopped (Ctrl-C or SIGTERM) in the middle of it); "
+            "re-run as trial 1") in out
 
 
 def free_port() -> int:
@@ -254,10 +257,8 @@ def free_port() -> int:
 
 
 def no_server(reason: str):
-    # CI installs PostgreSQL (.ci/run): there, a missing server is a failure, never a skip.
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run this test: .ci/run installs PostgreSQL)")
-    pytest.skip(reason)
+    # CI installs PostgreSQL (.ci/run, test.yml): there, a missing server is a failure, never a skip.
+    missing(f"a PostgreSQL server ({reason})", POSTGRES_HINT)
 
 
 @pytest.fixture
@@ -265,7 +266,7 @@ def postgres():
     """A PostgreSQL server of its own on 127.0.0.1, from a temporary data folder; its URL."""
     initdb = shutil.which("initdb") or next(iter(sorted(glob("/usr/lib/postgresql/*/bin/initdb"))[-1:]), None)
     if initdb is None:
-        no_server("no PostgreSQL server here (initdb not found): `apt-get install postgresql` to run this test")
+        no_server("initdb not found")
     bindir = Path(initdb).parent
     as_user = []
     folder = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # in /tmp: the server's user must reach it

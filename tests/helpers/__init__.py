@@ -8,7 +8,9 @@
 
 data (tiny IDX data), repos (scratch pipelines), processes (interrupted runs, signals,
 torchrun), pictures (encoders, a model file), damage (damaged files), sweeps (Optuna
-fakes), import_map (what a file imports).
+fakes), import_map (what a file imports), not_files (a pipe, a socket, a device, a folder
+or a loop of links where a file should be; a pipe a writer feeds), tools (the one rule for a
+missing outside tool: skip, or fail under CI).
 """
 
 from pathlib import Path

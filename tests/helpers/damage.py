@@ -19,10 +19,10 @@ def leaves(node, path=()):
     """Every place a value sits in a nest of dicts and lists (a model file, a checkpoint), as a path of keys."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from leaves(value, path + (key,))
+            yield from leaves(value, (*path, key))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from leaves(value, path + (i,))
+            yield from leaves(value, (*path, i))
     if path:
         yield path
 

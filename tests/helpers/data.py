@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import yaml
 
+from fmnist.params import Train
 from helpers import ROOT
 
 RAW_NAMES = {
@@ -23,10 +24,10 @@ TINY_PARAMS = {
 }
 
 
-def train_params(**overrides) -> dict:
-    """params.yaml's train section for a quick CPU run (fp32, lr 0.05), with `overrides`."""
+def train_params(**overrides) -> Train:
+    """params.yaml's train section for a quick CPU run (fp32, lr 0.05), with `overrides`, checked."""
     train = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
-    return {**train, "device": "cpu", "precision": "fp32", "lr": 0.05, **overrides}
+    return Train.model_validate({**train, "device": "cpu", "precision": "fp32", "lr": 0.05, **overrides})
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -56,7 +57,7 @@ def write_raw(folder: Path, n_train: int = 400, n_test: int = 120, gz: bool = Tr
     folder.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
         images, labels = synthetic(n, seed)
-        for name, data in zip(RAW_NAMES[split], (idx_bytes(images, 2051), idx_bytes(labels, 2049))):
+        for name, data in zip(RAW_NAMES[split], (idx_bytes(images, 2051), idx_bytes(labels, 2049)), strict=True):
             if gz:
                 (folder / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
             else:

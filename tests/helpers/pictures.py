@@ -13,9 +13,9 @@ from fmnist.model.device import to_device_layout
 from fmnist.model.model_file import save_model
 from fmnist.model.nets import build_model
 from fmnist.training.environment import describe
-from fmnist.training.loop import Settings, TrainState, seed_everything, train_epoch
+from fmnist.training.loop import TrainState, seed_everything, train_epoch
 from helpers import ROOT
-from helpers.data import synthetic
+from helpers.data import synthetic, train_params
 from helpers.processes import RUNTIME_LOCK
 
 
@@ -58,7 +58,7 @@ def write_pictures(folder: Path, n: int = 4, seed: int = 7) -> dict[Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     images, labels = synthetic(n, seed)
     truth = {}
-    for i, (image, label) in enumerate(zip(torch.from_numpy(images), labels)):
+    for i, (image, label) in enumerate(zip(torch.from_numpy(images), labels, strict=True)):
         pictures = {
             f"{i}-stored.png": png(image),
             f"{i}-inverted.webp": webp(255 - image),
@@ -78,11 +78,11 @@ def write_model_file(path: Path) -> Path:
     net = build_model("cnn")
     x, y = (torch.from_numpy(a) for a in synthetic(400, 1))
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    state = TrainState(net, to_device_layout(net, cpu), opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), None)
-    settings = Settings(epochs=3, batch_size=32, seed=0, augment=True, shift=0, erase=0.0, label_smoothing=0.1,
-                        device=cpu, dtype=None, progress_bar=False)
+    state = TrainState(net, to_device_layout(net, cpu), opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0),
+                       None, cpu)
+    p = train_params(model="cnn", epochs=3, batch_size=32)
     for epoch in (1, 2, 3):
-        train_epoch(state, x, y.long(), epoch, settings)
+        train_epoch(state, x, y.long(), epoch, p)
     save_model(path, net.state_dict(), params={"model": "cnn", "epochs": 3}, epoch=3, val_acc=0.95,
                data_sha256="ab" * 32, environment=describe(ROOT / RUNTIME_LOCK))
     return path

@@ -39,7 +39,7 @@ def start_repro(repo: Repo) -> subprocess.Popen:
     or a CI runner does), its output in proc.stdout."""
     return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.path, env=repo.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=_default_sigint)  # noqa: PLW1509 - one signal() call, no lock taken
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -66,7 +66,8 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason=
 
 def torchrun(*flags: str, outputs: tuple[str, ...] = TRAIN_OUTPUTS) -> list[str]:
     """The train stage's command under torchrun with `flags`, writing `outputs`."""
-    return [sys.executable, "-m", "torch.distributed.run", *flags, "stages/train.py", "data/prepared", *outputs, RUNTIME_LOCK]
+    return [sys.executable, "-m", "torch.distributed.run", *flags,
+            "stages/train.py", "data/prepared", *outputs, RUNTIME_LOCK]
 
 
 # What DVCLive writes in metrics/train/, compared between runs.
@@ -92,7 +93,7 @@ def assert_same_run(got: dict, want: dict, out: str) -> None:
     assert a["epoch"] == b["epoch"] and a["history"] == b["history"]
     assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
     assert all(torch.equal(x["momentum_buffer"], y["momentum_buffer"])
-               for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()))
+               for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True))
     assert got["summary"] == want["summary"] and got["logs"] == want["logs"]
 
 
@@ -115,7 +116,7 @@ def launch(nodes: list, cmd: list[str], tmp_path: Path, *, kill_rank: int | None
     that rank's worker once the first checkpoint is written. Returns each agent's output."""
     logs = [tmp_path / f"agent{i}-{uuid.uuid4().hex[:6]}.log" for i in range(len(nodes))]
     agents = []
-    for node, log in zip(nodes, logs):
+    for node, log in zip(nodes, logs, strict=True):
         with log.open("w") as out:
             agents.append(subprocess.Popen(cmd, cwd=node.path, env=node.env, stdout=out, stderr=subprocess.STDOUT))
     try:
@@ -132,4 +133,4 @@ def launch(nodes: list, cmd: list[str], tmp_path: Path, *, kill_rank: int | None
         for agent in agents:
             if agent.poll() is None:
                 agent.kill()
-    return [f"exit {agent.returncode}\n" + log.read_text() for agent, log in zip(agents, logs)]
+    return [f"exit {agent.returncode}\n" + log.read_text() for agent, log in zip(agents, logs, strict=True)]

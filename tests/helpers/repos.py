@@ -48,7 +48,7 @@ class Repo:
 
 
 def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
 def table_row(markdown: str, first_cell: str) -> list[str]:

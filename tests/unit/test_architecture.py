@@ -10,7 +10,6 @@ import re
 import yaml
 
 from helpers import ROOT
-
 from helpers.import_map import imports
 
 # docs/architecture.md's columns: the entry point each one is.
@@ -90,7 +89,7 @@ def architecture_table() -> tuple[list[str], dict[str, set[str]]]:
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         module = "fmnist/" + re.fullmatch(r"`(.+)`", cells[0])[1]
-        for column, cell in zip(columns, cells[2:]):
+        for column, cell in zip(columns, cells[2:], strict=True):
             if cell == "x":
                 marked[column].add(module)
     return columns, marked
@@ -112,3 +111,11 @@ def test_every_module_of_the_package_is_on_the_architecture_page():
     package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fmnist").rglob("*.py")
                if p.name != "__init__.py"}
     assert listed == package
+
+
+def test_stage_scripts_are_thin_a_main_of_forty_lines_at_most():
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+        length = main.end_lineno - main.lineno + 1
+        assert length <= 40, f"{script.name}: main is {length} lines; move the work into the package"

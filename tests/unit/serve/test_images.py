@@ -13,11 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.data import synthetic
-
-from helpers.pictures import jpeg, png, webp
 from fmnist.core.errors import DataError
 from fmnist.serve.images import decode, is_dark_on_light, to_fashion_mnist
+from helpers.data import synthetic
+from helpers.pictures import jpeg, png, webp
 
 
 def test_stored_pictures_decode_to_their_pixels_and_negatives_are_negated():
@@ -57,7 +56,8 @@ def test_transparency_lies_on_white_and_a_blank_picture_is_all_ground():
     Image.fromarray(rgba.permute(1, 2, 0).numpy(), mode="RGBA").save(buffer, format="PNG")
     fitted = to_fashion_mnist(decode(buffer.getvalue(), "cutout.png"))
     assert fitted[14, 14] > 200 and fitted[0, 0] == 0
-    assert torch.equal(to_fashion_mnist(torch.full((30, 30), 180, dtype=torch.uint8)), torch.zeros(28, 28, dtype=torch.uint8))
+    assert torch.equal(to_fashion_mnist(torch.full((30, 30), 180, dtype=torch.uint8)),
+                       torch.zeros(28, 28, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("data, message", [

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,14 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT
-
-from helpers.data import synthetic
-
-from helpers.pictures import png, write_pictures
 from fmnist.core import errors
 from fmnist.core.dataset import CLASSES
 from fmnist.serve.predict import cli
+from helpers import ROOT
+from helpers.data import synthetic
+from helpers.not_files import NOT_FILES, make_not_file
+from helpers.pictures import png, write_pictures
 
 
 def test_predict_names_the_garment_in_every_kind_of_picture(model_file, tmp_path, capsys):
@@ -43,7 +44,7 @@ def test_predict_names_the_garment_in_every_kind_of_picture(model_file, tmp_path
     assert cli(["--model", str(model_file), *map(str, truth)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["file", "class", "probability", "top"] and len(table) == 1 + len(truth)
-    assert all(line.split()[0] == str(path) for line, path in zip(table[1:], truth))
+    assert all(line.split()[0] == str(path) for line, path in zip(table[1:], truth, strict=True))
 
 
 def test_unreadable_pictures_cost_one_line_each_and_the_rest_are_classified(model_file, tmp_path, capsys):
@@ -69,7 +70,7 @@ def test_a_damaged_or_missing_model_is_one_line_and_exit_1(model_file, tmp_path,
     try:
         for model, message in ((damaged, "not a readable torch file"), (tmp_path / "none.pt", "missing")):
             with pytest.raises(SystemExit) as exit:
-                errors.run(lambda: cli(["--model", str(model), str(picture)]))
+                errors.run(lambda: cli(["--model", str(model), str(picture)]))  # noqa: B023 - called at once
             out, err = capsys.readouterr()
             assert exit.value.code == 1 and out == ""
             assert err.count("\n") == 1 and err.startswith(f"error: {model}: {message}"), err
@@ -149,3 +150,61 @@ def test_piped_into_head_it_ends_quietly(model_file, tmp_path):
     assert len(out.splitlines()) == 2 and out.startswith("["), out
     assert (tmp_path / "err").read_text() == ""
     assert (tmp_path / "status").read_text().strip() == str(128 + signal.SIGPIPE)
+
+
+def test_what_is_not_a_picture_file_costs_one_line_at_once_and_the_pictures_beside_it_are_classified(
+        model_file, tmp_path, capsys, no_hang):
+    """A named pipe nobody writes to used to hang the command before the pictures after it were read."""
+    truth = write_pictures(tmp_path / "pics", n=1)
+    odd = [make_not_file(tmp_path / "odd" / f"{kind}.png", kind) for kind in NOT_FILES]
+    files = [*map(str, odd[:3]), *map(str, truth), *map(str, odd[3:])]
+    assert cli(["--model", str(model_file), "--json", *files]) == 1
+    out, err = capsys.readouterr()
+    assert [row["path"] for row in json.loads(out)] == [str(p) for p in truth]
+    assert err.splitlines() == [
+        *(f"error: {path}: {NOT_FILES[kind]}, not a file; expected a PNG, JPEG, WebP, GIF, BMP or TIFF picture"
+          for path, kind in zip(odd, NOT_FILES, strict=True)),
+        f"error: {len(odd)} of {len(files)} picture(s) could not be read"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_model_that_is_not_a_file_is_one_line_and_exit_1(kind, model_file, tmp_path, capsys, no_hang):
+    picture = tmp_path / "p.png"
+    picture.write_bytes(png(torch.from_numpy(synthetic(1, 0)[0][0])))
+    model = make_not_file(tmp_path / "model.pt", kind)
+    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own handler
+    try:
+        with pytest.raises(SystemExit) as exit:
+            errors.run(lambda: cli(["--model", str(model), str(picture)]))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    out, err = capsys.readouterr()
+    assert exit.value.code == 1 and out == ""
+    assert err == (f"error: {model}: {NOT_FILES[kind]}, not a file; expected a model file of this project "
+                   f"(models/model.pt)\n")
+
+
+def test_dash_classifies_one_picture_from_standard_input_as_its_file(model_file, tmp_path, capsys, monkeypatch):
+    """`cat shirt.png | fmnist-predict -`, and `<(...)` beside it: what the files themselves give."""
+    truth = write_pictures(tmp_path / "pics", n=1)
+    first, second = list(truth)[:2]
+    assert cli(["--json", "--model", str(model_file), str(first), str(second)]) == 0
+    by_file = json.loads(capsys.readouterr().out)
+    command = [sys.executable, "-m", "fmnist.serve.predict", "--json", "--model", str(model_file)]
+    script = f'cat "{first}" | {shlex.join(command)} - <(cat "{second}")'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows[0]["path"] == "-" and rows[1]["path"].startswith("/dev/fd/")
+    assert [{**row, "path": None} for row in rows] == [{**row, "path": None} for row in by_file]
+
+    with open(os.devnull, "rb") as null:
+        monkeypatch.setattr(sys, "stdin", null)
+        assert cli(["--model", str(model_file), "-", str(first)]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["file", str(first)]
+    null_is = "a character device (/dev/null)" if sys.platform == "linux" else "a character device"
+    assert err.splitlines() == [
+        f"error: -: standard input is {null_is}, not a file; expected a PNG, JPEG, WebP, GIF, BMP or TIFF picture",
+        "error: 1 of 2 picture(s) could not be read"]

@@ -10,19 +10,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ROOT
 from fmnist.core.dataset import CLASSES
 from fmnist.serve.report import (
-    CHART_LINES, confusion_changes, confusion_markdown, curves_markdown, curves_mermaid, metrics_table,
-    per_class_f1_table, render_markdown,
+    CHART_LINES,
+    confusion_changes,
+    confusion_markdown,
+    curves_markdown,
+    curves_mermaid,
+    metrics_table,
+    per_class_f1_table,
+    render_markdown,
 )
+from helpers import ROOT
+from helpers.tools import NODE_HINT, NPM_HINT, need, need_tool
 
 PALETTE = [colour for *_, colour in CHART_LINES]
 
@@ -71,7 +77,7 @@ def test_curves_chart_colours_its_lines_in_order_and_continues_the_shorter_side(
     # CHART_LINES order: base val, head val, base train, head train.
     assert [(side, split) for side, split, _ in CHART_LINES] == [
         ("base", "val"), ("head", "val"), ("base", "train"), ("head", "train")]
-    for (side, split, _), values in zip(CHART_LINES, lines):
+    for (side, split, _), values in zip(CHART_LINES, lines, strict=True):
         want = list(curves[side][f"{split}/acc"]["acc"])
         want += [want[-1]] * (4 - len(want))  # the base's 2 epochs, held flat after the last
         assert values == pytest.approx(want, abs=5e-5), (side, split)
@@ -114,9 +120,9 @@ NODE_MODULES = ROOT / ".venv" / "node" / "node_modules"
 
 
 def test_the_reports_charts_render_as_github_draws_them(tmp_path):
-    node = shutil.which("node")
-    if node is None or not all((NODE_MODULES / name).is_dir() for name in ("mermaid", "jsdom")):
-        pytest.skip("needs node with mermaid and jsdom from npm (make test installs them where npm is present)")
+    node = need_tool("node", NODE_HINT)
+    need(all((NODE_MODULES / name).is_dir() for name in ("mermaid", "jsdom")),
+         f"mermaid and jsdom from npm in {NODE_MODULES}", NPM_HINT)
     per_class = pd.DataFrame({"class": list(CLASSES), "f1": 0.9})
     base, head = matrix({(c, c): 10 for c in CLASSES}), matrix({(c, c): 9 for c in CLASSES})
     report = render_markdown(
@@ -130,8 +136,8 @@ def test_the_reports_charts_render_as_github_draws_them(tmp_path):
     broken = tmp_path / "broken.md"
     broken.write_text('```mermaid\nxychart-beta\n    x-axis "epoch" [1, 2, 3]\n    line [0.5, 0.4]\n```\n')
     page = ROOT / "docs/pull-requests.md"  # it shows a real comment's chart
-    proc = subprocess.run([node, str(ROOT / "tests" / "mermaid.mjs"), str(NODE_MODULES), *map(str, (path, page, broken))],
-                          capture_output=True, text=True)
+    proc = subprocess.run([node, str(ROOT / "tests" / "mermaid.mjs"), str(NODE_MODULES),
+                           *map(str, (path, page, broken))], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     charts = [json.loads(line) for line in proc.stdout.splitlines()]
     assert all(chart["error"] is None for chart in charts), charts

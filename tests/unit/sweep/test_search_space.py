@@ -8,9 +8,11 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from helpers import ROOT
 from fmnist.core.errors import ParamError
+from fmnist.params import value_of
 from fmnist.sweep.search_space import inside, load_space, override_value, overrides, parse_fixed, parse_space
+from helpers import ROOT
+from helpers.not_files import NOT_FILES, make_not_file
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -33,36 +35,41 @@ def test_the_committed_space_is_valid_and_holds_the_defaults():
     assert config.distributions["train.lr"].log and config.distributions["train.weight_decay"].log
     # The first trial runs params.yaml's own values, so the table shows whether the search beat them.
     for name, d in config.distributions.items():
-        section, key = name.split(".")
-        assert inside(d, BASE[section][key]), name
+        assert inside(d, value_of(BASE, name)), name
 
 
 def test_ranges_become_optuna_distributions_of_the_params_type():
-    config = space("space:\n  train.lr: {low: 0.01, high: 1, log: true}\n  train.shift: {low: 0, high: 2}\n"
-                   "  train.model: {choices: [cnn3, lenet]}\n  train.erase: {low: 0, high: 0.5, step: 0.1}\n")
+    config = space("space:\n  train.lr: {low: 0.01, high: 1, log: true}\n  train.augment.shift: {low: 0, high: 2}\n"
+                   "  train.model: {choices: [cnn3, lenet]}\n  train.augment.erase: {low: 0, high: 0.5, step: 0.1}\n")
     assert config.distributions == {
-        "train.lr": FloatDistribution(0.01, 1.0, log=True), "train.shift": IntDistribution(0, 2),
-        "train.model": CategoricalDistribution(["cnn3", "lenet"]), "train.erase": FloatDistribution(0, 0.5, step=0.1)}
+        "train.lr": FloatDistribution(0.01, 1.0, log=True), "train.augment.shift": IntDistribution(0, 2),
+        "train.model": CategoricalDistribution(["cnn3", "lenet"]),
+        "train.augment.erase": FloatDistribution(0, 0.5, step=0.1)}
     assert config.prune_percentile == 25 and config.prune_min_epochs == 1  # the defaults
 
 
 @pytest.mark.parametrize("text, expected", [
     ("space:\n  train.lrr: {low: 0.1, high: 1}\n", "space.train.lrr: unknown param (did you mean 'train.lr'?)"),
     ("space:\n  lr: {low: 0.1, high: 1}\n", "space.lr: unknown param"),
-    ("space:\n  data.val_size: {low: 100, high: 1000}\n", "data.val_size can't be searched: it changes the validation set"),
-    ("space:\n  evaluate.tta: {choices: [true, false]}\n", "evaluate.tta can't be searched: it changes only the test side"),
+    ("space:\n  data.val_size: {low: 100, high: 1000}\n",
+     "data.val_size can't be searched: it changes the validation set"),
+    ("space:\n  evaluate.tta: {choices: [true, false]}\n",
+     "evaluate.tta can't be searched: it changes only the test side"),
     ("space:\n  train.nproc: {low: 1, high: 2}\n", "train.nproc can't be searched: a trial trains in one process"),
     ("space:\n  train.lr: {low: 0.1, hgih: 1}\n", "space.train.lr.hgih: unknown key (did you mean 'high'?)"),
     ("space:\n  train.lr: {low: 0.1}\n", "space.train.lr: high missing"),
     ("space:\n  train.lr: {low: 1, high: 0.1}\n", "space.train.lr: low 1 must be below high 0.1"),
     ("space:\n  train.lr: {low: 0.5, high: 0.5}\n", "use -S train.lr=VALUE"),
     ("space:\n  train.label_smoothing: {low: 0, high: 0.2, log: true}\n", "a log scale needs low above 0, got 0"),
-    ("space:\n  train.shift: {low: 0.5, high: 2}\n", "space.train.shift.low: got 0.5, but the param takes integers"),
-    ("space:\n  train.model: {low: 1, high: 2}\n", "train.model takes one of cnn3v2"),
+    ("space:\n  train.augment.shift: {low: 0.5, high: 2}\n",
+     "space.train.augment.shift.low: got 0.5, but the param takes integers"),
+    ("space:\n  train.model: {low: 1, high: 2}\n",
+     "train.model takes the name of a net registered in fmnist/model/nets.py: give choices"),
     ("space:\n  train.model: {choices: [cnn3]}\n", "expected a list of at least two values"),
     ("space:\n  train.model: {choices: [cnn3, cnn3]}\n", "lists a value twice"),
     ("space:\n  train.lr: {choices: [0.1, 0.2], low: 0.1}\n", "choices and low can't go together"),
-    ("space:\n  train.weight_decay: {low: 1e-5, high: 0.01}\n", "YAML reads as text: write it with a dot, as in 1.0e-5"),
+    ("space:\n  train.weight_decay: {low: 1e-5, high: 0.01}\n",
+     "YAML reads as text: write it with a dot, as in 1.0e-5"),
     ("space:\n  train.lr: 0.1\n", "expected a range {low: ..., high: ...} or {choices: [...]}"),
     ("space: {}\n", "space: expected a mapping of params"),
     ("spaec:\n  train.lr: {low: 0.1, high: 1}\n", "expected a mapping with a 'space'"),
@@ -141,3 +148,22 @@ def test_inside_tells_whether_a_value_can_be_drawn():
     assert inside(IntDistribution(0, 2), 1) and not inside(IntDistribution(0, 2), 1.0)
     assert inside(CategoricalDistribution([128, 256]), 256) and not inside(CategoricalDistribution([128, 256]), 512)
     assert not inside(CategoricalDistribution([0, 1]), False)  # a bool is not the int 0 here
+
+
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_a_space_file_that_is_not_a_file_is_refused_at_once_saying_what_it_is(kind, tmp_path, no_hang):
+    path = make_not_file(tmp_path / "sweep.yaml", kind)
+    with pytest.raises(ParamError) as err:
+        load_space(path, copy.deepcopy(BASE), {})
+    assert str(err.value) == f"{path}: {NOT_FILES[kind]}, not a file; name the search space with --space FILE"
+
+
+def test_a_space_file_too_long_or_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(b"space:\n  train.lr: {low: 0.1, high: 0.5}\n" + b"#" * 1_000_000)
+    with pytest.raises(ParamError, match=f"^{path}: 1,000,041 bytes \\(1.0 MB\\), larger than a search space "
+                                         r"\(a few lines\) can be \(the limit is 1,000,000 bytes \(1.0 MB\)\); name"):
+        load_space(path, copy.deepcopy(BASE), {})
+    path.write_bytes(b"space:\n  train.lr: {low: 0.1, high: 0.5}  # \xe9\n")
+    with pytest.raises(ParamError, match=f"^{path}: not UTF-8 text \\(byte 44 is 0xe9\\); name"):
+        load_space(path, copy.deepcopy(BASE), {})

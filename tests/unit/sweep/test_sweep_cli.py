@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.repos import make_repo
 from fmnist.core.errors import run
+from helpers.repos import make_repo
 
 
 @pytest.fixture

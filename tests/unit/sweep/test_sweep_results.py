@@ -6,16 +6,17 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from helpers.sweeps import optuna_trial as trial
-from fmnist.sweep.study import DEFAULTS, FAILURE, LOG
 from fmnist.sweep.results import pictures, summary
+from fmnist.sweep.study import DEFAULTS, FAILURE, LOG
+from helpers.sweeps import optuna_trial as trial
 
 
 def test_the_summary_ranks_by_validation_accuracy_and_points_at_failures():
     trials = [trial(0, value=0.80, **{DEFAULTS: True, "test_acc": 0.79, "epochs": 2}),
               trial(1, value=0.85, test_acc=0.84, epochs=2),
               trial(2, TrialState.PRUNED, value=0.5, best_val_acc=0.55, epochs=1),
-              trial(3, TrialState.FAIL, **{FAILURE: "error: train.device: cuda was asked for", LOG: "h:logs/sweep-3.log"}),
+              trial(3, TrialState.FAIL,
+                    **{FAILURE: "error: train.device: cuda was asked for", LOG: "h:logs/sweep-3.log"}),
               trial(4, TrialState.FAIL, interrupted="the sweep was stopped")]
     lines = summary(trials, ["train.lr"])
     assert lines[0] == "trials: 2 complete, 1 pruned, 1 failed, 1 interrupted (re-run as new trials)"
@@ -32,9 +33,9 @@ def test_the_summary_ranks_by_validation_accuracy_and_points_at_failures():
 def test_pictures_of_a_study(tmp_path):
     study = optuna.create_study(direction="maximize")
     for i, value in enumerate([0.7, 0.8, 0.75, 0.9]):
-        study.add_trial(create_trial(value=value, params={"train.lr": 0.1 * (i + 1), "train.shift": i % 2},
+        study.add_trial(create_trial(value=value, params={"train.lr": 0.1 * (i + 1), "train.augment.shift": i % 2},
                                      distributions={"train.lr": FloatDistribution(0.01, 1),
-                                                    "train.shift": IntDistribution(0, 2)}))
+                                                    "train.augment.shift": IntDistribution(0, 2)}))
     written, skipped = pictures(study, tmp_path)
     assert skipped == [] and [p.name for p in written] == ["optimization_history.png", "param_importances.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

@@ -1,10 +1,21 @@
-"""fmnist/training/augment.py: training-time flips, shifts and random erasing, drawn from the run's generator."""
+"""fmnist/training/augment.py: training-time flips, shifts and random erasing, an epoch's draws made at once
+from the epoch's generator."""
 
 from __future__ import annotations
 
 import torch
 
-from fmnist.training.augment import augment_batch as augment
+from fmnist.params import Augment
+from fmnist.training import augment as augment_module
+from fmnist.training.augment import Augmentation
+
+CPU = torch.device("cpu")
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, shift: int = 0,
+            erase: float = 0.0) -> torch.Tensor:
+    """`x` augmented as one epoch's only batch."""
+    return Augmentation(Augment(flip=flip, shift=shift, erase=erase), len(x), generator, CPU)(x, slice(None))
 
 
 def test_augment_keeps_shape_and_is_seeded():
@@ -51,3 +62,22 @@ def test_every_augmentation_draws_from_the_generator_only():
     torch.manual_seed(123)  # the global RNG plays no part
     b = augment(x, torch.Generator().manual_seed(1), shift=2, erase=0.5)
     assert torch.equal(a, b) and a.shape == x.shape
+
+
+def test_an_epoch_is_augmented_alike_whatever_its_batches_and_moved_to_the_device_once(monkeypatch):
+    moved = []
+    monkeypatch.setattr(augment_module, "to_device", lambda t, device: moved.append(t.shape) or t)
+    x = torch.randn(100, 1, 28, 28)
+    settings = Augment(flip=True, shift=2, erase=0.5)
+    whole = Augmentation(settings, 100, torch.Generator().manual_seed(3), CPU)
+    assert len(moved) == 3  # one tensor per augmentation, for the whole epoch
+    batches = torch.cat([whole(x[i:i + 32], slice(i, i + 32)) for i in range(0, 100, 32)])
+    assert torch.equal(batches, whole(x, slice(None))) and len(moved) == 3
+    assert torch.equal(batches, augment(x, torch.Generator().manual_seed(3), shift=2, erase=0.5))
+
+
+def test_no_augmentation_draws_nothing():
+    generator = torch.Generator().manual_seed(4)
+    state = generator.get_state()
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.equal(augment(x, generator, flip=False), x) and torch.equal(generator.get_state(), state)

@@ -18,19 +18,19 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ROOT
-
-from helpers.damage import one_line, put_junk
-
-from helpers.data import synthetic, tiny
+from fmnist.core.io import torch_bytes
+from fmnist.params import Train
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.training.distributed import steps_per_epoch
-from fmnist.core.io import torch_bytes
-from fmnist.training.loop import Settings, build, fit
+from fmnist.training.loop import build, fit
+from helpers import ROOT
+from helpers.damage import one_line, put_junk
+from helpers.data import synthetic, tiny
 
 CPU = torch.device("cpu")
 TRAIN = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
-P = {**TRAIN, "model": "lenet", "epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu", "precision": "fp32"}
+P = Train.model_validate({**TRAIN, "model": "lenet", "epochs": 2, "batch_size": 16, "lr": 0.05, "device": "cpu",
+                          "precision": "fp32"})
 KEY = {"params": "the train params", "world": 1, "data_sha256": "abc"}
 
 
@@ -39,7 +39,7 @@ def tiny_data():
     return (x[:40], y[:40].long()), (x[40:], y[40:].long())
 
 
-ADAMW = {**P, "optimizer": "adamw", "lr": 0.01}
+ADAMW = P.model_copy(update={"optimizer": "adamw", "lr": 0.01})
 
 
 def fresh(p: dict = P):
@@ -48,20 +48,18 @@ def fresh(p: dict = P):
 
 
 def steps(p: dict = P) -> int:
-    return steps_per_epoch(40, p["batch_size"])
+    return steps_per_epoch(40, p.batch_size)
 
 
-def loop_settings(p: dict) -> Settings:
-    return Settings.from_params(p, CPU, None, progress_bar=False)
 
 
 def _genuine(p: dict):
     train, val = tiny_data()
     state = fresh(p)
-    progress = fit(state, train, val, loop_settings({**p, "epochs": 1}))
+    progress = fit(state, train, val, p.model_copy(update={"epochs": 1}))
     saved = torch.load(io.BytesIO(torch_bytes(checkpoint_state(progress, KEY, state))), weights_only=True)
     state = fresh(p)
-    straight = fit(state, train, val, loop_settings(p))
+    straight = fit(state, train, val, p)
     return saved, state.net.state_dict(), straight
 
 
@@ -82,7 +80,7 @@ def resume_and_finish(checkpoint, p: dict = P):
     train, val = tiny_data()
     state = fresh(p)
     progress = restore(checkpoint, KEY, state, steps(p))
-    progress = fit(state, train, val, loop_settings(p), progress)
+    progress = fit(state, train, val, p, progress)
     return state.net, progress
 
 
@@ -98,20 +96,21 @@ def test_a_genuine_checkpoint_resumes_to_the_uninterrupted_weights(request, opti
 def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
     """With flips, shifts and erasing, with and without the moving average: the checkpoint
     fit() hands the train stage after epoch 2 of 3 ends with the same best weights."""
-    p = {**TRAIN, "epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu", "ema": ema, "shift": 1, "erase": 0.3}
+    p = Train.model_validate({**TRAIN, "epochs": 3, "batch_size": 32, "lr": 0.05, "device": "cpu", "ema": ema,
+                              "augment": {"flip": True, "shift": 1, "erase": 0.3}})
     train, val = tiny(160), tiny(40, seed=3)
     saved = {}
 
     def run(checkpoint=None):
         state = build(p, len(train[1]), CPU)
-        steps = steps_per_epoch(len(train[1]), p["batch_size"])
+        steps = steps_per_epoch(len(train[1]), p.batch_size)
         progress = restore(checkpoint, "key", state, steps) if checkpoint else None
 
         def on_epoch(progress, seconds):  # what the train stage's checkpoint holds
             if progress.epoch == 2 and checkpoint is None:
                 saved.update(copy.deepcopy(checkpoint_state(progress, "key", state)))
 
-        return fit(state, train, val, Settings.from_params(p, CPU, None, progress_bar=False), progress, on_epoch)
+        return fit(state, train, val, p, progress, on_epoch)
 
     straight = run()
     resumed = run(checkpoint=saved)
@@ -151,7 +150,8 @@ DAMAGED_CHECKPOINTS = {
     "a weight named with an escape": (_set("best", "state_dict", "\x1b[2J", torch.zeros(1)),
                                       "best weights: 1 unexpected weights (\\x1b[2J)"),
     "weights of the wrong shape": (_set("state_dict", "0.weight", torch.zeros(2, 2)), "weights: weight 0.weight is"),
-    "NaN weights": (_set("state_dict", "0.weight", lambda c: torch.full_like(c["state_dict"]["0.weight"], float("nan"))),
+    "NaN weights": (_set("state_dict", "0.weight",
+                         lambda c: torch.full_like(c["state_dict"]["0.weight"], float("nan"))),
                     "holds NaN or infinite values"),
     "momentum of the wrong shape": (_set("optimizer", "state", 0, "momentum_buffer", torch.zeros(2)),
                                     "optimizer state 'momentum_buffer' doesn't fit its weight"),
@@ -160,7 +160,8 @@ DAMAGED_CHECKPOINTS = {
     "optimizer settings changed": (_set("optimizer", "param_groups", 0, "momentum", 0.5),
                                    "the optimizer's settings or learning rate differ from this run's"),
     "learning rate changed": (_set("optimizer", "param_groups", 0, "lr", 1e6), "learning rate differ"),
-    "schedule garbage": (_set("scheduler", "base_lrs", "x"), "the schedule isn't where 1 epoch(s) of this run leave it"),
+    "schedule garbage": (_set("scheduler", "base_lrs", "x"),
+                         "the schedule isn't where 1 epoch(s) of this run leave it"),
     "schedule at another step": (_set("scheduler", "last_epoch", 7), "the schedule isn't where"),
     "schedule counter a string": (_set("scheduler", "_step_count", "x"), "the schedule isn't where"),
     "schedule a list": (_set("scheduler", [1]), "the schedule isn't where"),
@@ -189,8 +190,8 @@ def test_any_value_anywhere_in_a_checkpoint_is_refused_or_trains_on(request, opt
     checkpoint = copy.deepcopy(saved)
     put_junk(data, checkpoint)
     try:
-        net, progress = resume_and_finish(checkpoint, P if optimizer == "sgd" else ADAMW)
+        _net, progress = resume_and_finish(checkpoint, P if optimizer == "sgd" else ADAMW)
     except ResumeError as exc:
         one_line(str(exc))
     else:
-        assert progress.epoch == P["epochs"] and progress.best["state_dict"] is not None
+        assert progress.epoch == P.epochs and progress.best["state_dict"] is not None

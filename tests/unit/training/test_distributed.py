@@ -11,10 +11,12 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from helpers import ROOT
-from fmnist.training import loop as training
-from fmnist.training.distributed import World, _fresh_namespace
 from fmnist.model.nets import build_model
+from fmnist.params import Train
+from fmnist.training import distributed
+from fmnist.training import loop as training
+from fmnist.training.distributed import World, _fresh_namespace, wrap_ddp
+from helpers import ROOT
 
 
 def test_a_restart_gets_a_store_namespace_no_dead_worker_wrote_to():
@@ -49,11 +51,11 @@ def test_a_restart_gets_a_store_namespace_no_dead_worker_wrote_to():
 
 def test_batchnorm_is_synced_across_processes_on_cuda_only(monkeypatch):
     """SyncBatchNorm where the backend runs it (CUDA); plain BatchNorm on CPU and alone."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    p = Train.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["train"])
     monkeypatch.setattr(training, "to_device_layout", lambda net, device: net)  # no GPU here
     monkeypatch.setattr(training, "wrap_ddp", lambda model, device, world: model)  # nor a process group
     for device, world, synced in (("cuda", World(0, 2), True), ("cpu", World(0, 2), False), ("cuda", World(), False)):
-        net = training.build(p, 1000, torch.device(device), world).net
+        net = training.build(p, 1000, torch.device(device), None, world).net
         kinds = {type(m) for m in net.modules()}
         assert (torch.nn.SyncBatchNorm in kinds) == synced and (torch.nn.BatchNorm2d in kinds) != synced
 
@@ -67,3 +69,14 @@ def test_sync_batchnorm_weights_load_into_the_plain_net():
         plain.load_state_dict(synced.state_dict())  # strict: same keys, same shapes
         if name == "cnn":
             assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+
+
+def test_ddp_broadcasts_buffers_every_step_only_without_syncbatchnorm(monkeypatch):
+    """SyncBatchNorm keeps every rank's statistics alike: DDP's broadcast before each forward is left
+    out. (DDP itself, which refuses SyncBatchNorm on CPU modules, is stood in for.)"""
+    made = []
+    monkeypatch.setattr(distributed, "DistributedDataParallel", lambda model, **kwargs: made.append(kwargs))
+    wrap_ddp(build_model("cnn"), torch.device("cpu"), World(0, 2))
+    wrap_ddp(torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_model("cnn")), torch.device("cuda", 1), World(1, 2))
+    assert [m["forward_sync_buffers"] for m in made] == [True, False]
+    assert [m["device_ids"] for m in made] == [None, [1]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fmnist.training.ema import Ema
 from fmnist.model.nets import build_model
+from fmnist.training.ema import Ema
 from fmnist.training.loop import seed_everything
 
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from helpers import ROOT
-from fmnist.training import environment
 from fmnist.core.errors import DataError
+from fmnist.training import environment
+from helpers import ROOT
 
 spec = importlib.util.spec_from_file_location("lock_script", ROOT / "scripts" / "lock.py")
 lock = importlib.util.module_from_spec(spec)
@@ -30,10 +30,14 @@ TEST_LOCK, RUNTIME_LOCK, PIP_LOCK, VERSIONS = (ROOT / path for path in (
     lock.TEST_LOCK, lock.RUNTIME_LOCK, lock.PIP_LOCK, lock.VERSIONS))
 # What users run: the platforms and Pythons the lock must cover (`make lock` resolves for all).
 PLATFORMS = {
-    "linux-x86_64": {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix"},
-    "linux-aarch64": {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64", "os_name": "posix"},
-    "macos-arm64": {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64", "os_name": "posix"},
-    "windows-amd64": {"sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64", "os_name": "nt"},
+    "linux-x86_64": {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                     "os_name": "posix"},
+    "linux-aarch64": {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64",
+                      "os_name": "posix"},
+    "macos-arm64": {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64",
+                    "os_name": "posix"},
+    "windows-amd64": {"sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64",
+                      "os_name": "nt"},
 }
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 ENVIRONMENTS = {

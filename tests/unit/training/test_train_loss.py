@@ -10,22 +10,23 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from helpers import ROOT
-
-from helpers.data import synthetic
-from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.model.classifier import normalize
+from fmnist.params import Train
+from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
 from fmnist.training.distributed import steps_per_epoch
-from fmnist.training.loop import HISTORY_KEYS, Settings, build, fit, train_epoch
+from fmnist.training.loop import HISTORY_KEYS, build, fit, train_epoch
+from helpers import ROOT
+from helpers.data import synthetic
 
 CPU = torch.device("cpu")
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
 
 
-def params(**overrides) -> dict:
+def params(**overrides) -> Train:
     # LeNet has neither dropout nor batch norm: in training mode it computes what it does in eval mode.
-    return {**DEFAULTS, "model": "lenet", "device": "cpu", "precision": "fp32", "epochs": 1, "batch_size": 32,
-            "augment": False, "ema": 0.0, **overrides}
+    p = Train.model_validate({**DEFAULTS, "model": "lenet", "device": "cpu", "precision": "fp32", "epochs": 1,
+                              "batch_size": 32, "augment": {"flip": False, "shift": 0, "erase": 0.0}, "ema": 0.0})
+    return p.model_copy(update=overrides)  # unchecked: lr 0 (no step moves the weights) is a test's own value
 
 
 def data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +40,7 @@ def test_the_train_loss_is_plain_cross_entropy_of_the_batches_and_the_smoothed_o
     state = build(p, len(y), CPU)
     with torch.no_grad():
         logits = state.net(normalize(x.unsqueeze(1)))
-    figures = train_epoch(state, x, y, 1, Settings.from_params(p, CPU, None, progress_bar=False))
+    figures = train_epoch(state, x, y, 1, p)
     assert figures.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
     assert figures.loss_smoothed == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-5)
     # Smoothing 0.1 over 10 classes: the optimised loss is at least 0.9 CE + 0.1 ln 10 (Jensen).
@@ -49,7 +50,7 @@ def test_the_train_loss_is_plain_cross_entropy_of_the_batches_and_the_smoothed_o
 def test_without_smoothing_the_two_losses_are_one():
     p = params(lr=0.05, label_smoothing=0.0)
     x, y = data()
-    figures = train_epoch(build(p, len(y), CPU), x, y, 1, Settings.from_params(p, CPU, None, progress_bar=False))
+    figures = train_epoch(build(p, len(y), CPU), x, y, 1, p)
     assert figures.loss == figures.loss_smoothed and math.isfinite(figures.loss)
 
 
@@ -57,7 +58,7 @@ def test_a_learning_run_logs_a_train_loss_near_its_validation_loss():
     """The issue's symptom: with smoothing, the old train loss stayed about twice the validation loss."""
     p = params(model="cnn", lr=0.05, epochs=3, label_smoothing=0.1)
     train, val = data(192), data(96)
-    progress = fit(build(p, len(train[1]), CPU), train, val, Settings.from_params(p, CPU, None, progress_bar=False))
+    progress = fit(build(p, len(train[1]), CPU), train, val, p)
     last = progress.history[-1]
     assert set(last) == set(HISTORY_KEYS)
     assert last["val/acc"] > 0.9, last  # learnt: the losses are small
@@ -69,10 +70,10 @@ def test_a_checkpoint_whose_history_rows_lack_the_smoothed_loss_is_refused_by_na
     p = params(lr=0.05, epochs=2)
     train, val = data(), data(64)
     state = build(p, len(train[1]), CPU)
-    progress = fit(state, train, val, Settings.from_params(p, CPU, None, progress_bar=False))
+    progress = fit(state, train, val, p)
     checkpoint = checkpoint_state(progress, "key", state)
     for row in checkpoint["history"]:
         del row["train/loss_smoothed"]  # what the code before this change logged
     with pytest.raises(ResumeError, match="a row of history holds train/acc, train/loss, val/acc, val/loss; "
                                           "this code's rows hold"):
-        restore(checkpoint, "key", build(p, len(train[1]), CPU), steps_per_epoch(len(train[1]), p["batch_size"]))
+        restore(checkpoint, "key", build(p, len(train[1]), CPU), steps_per_epoch(len(train[1]), p.batch_size))
