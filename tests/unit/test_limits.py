@@ -178,8 +178,8 @@ LIARS = {
                    ("16383x16383 pixels (268 megapixels), above the limit of 134,217,728 pixels (134 megapixels) "
                     "for WebP;")),
     # Found by fuzzing (fuzz/corpus/picture/crash-rle-bmp-row.bmp): Pillow decodes these in Python.
-    "rle.bmp": (rle_bmp_claiming(5000, 4000), "5000x4000 pixels (20 megapixels), above the limit of 16,777,216 "
-                                              "pixels (17 megapixels) for a run-length encoded BMP;"),
+    "rle.bmp": (rle_bmp_claiming(5000, 4000), ("5000x4000 pixels (20 megapixels), above the limit of 16,777,216 "
+                                               "pixels (17 megapixels) for a run-length encoded BMP;")),
 }
 
 
