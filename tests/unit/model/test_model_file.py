@@ -304,3 +304,32 @@ def test_a_model_path_that_is_not_a_file_is_refused_at_once_saying_what_it_is(ki
     with pytest.raises(DataError) as err:
         load_model(path)
     assert str(err.value).startswith(f"{path}: {NOT_FILES[kind]}, not a file; ")
+
+
+@pytest.mark.parametrize("key, value, shown_as", [
+    ("epoch", 7, 7),
+    ("epoch", "7", None),
+    ("epoch", True, None),  # a bool is an int to Python, not an epoch
+    ("epoch", 7.0, None),
+    ("val_acc", 1, 1.0),
+    ("val_acc", True, None),
+    ("val_acc", "0.9", None),
+    ("data_sha256", "a" * 200, "a" * 200),
+    ("data_sha256", "a" * 201, None),  # at most 200 characters
+    ("data_sha256", "ab\ncd", None),
+    ("data_sha256", 12, None),
+    ("params", {f"k{i}": i for i in range(64)}, {f"k{i}": i for i in range(64)}),
+    ("params", {f"k{i}": i for i in range(65)}, None),  # at most 64 entries
+    ("params", {"lr": 0.1, "augment": {"flip": True}}, None),  # a nested dict: not plain
+])
+def test_the_card_shows_what_a_file_holds_only_when_it_is_what_it_should_be(key, value, shown_as):
+    assert card({"model": "cnn", "classes": CLASSES, key: value})[{"epoch": "best_epoch"}.get(key, key)] == shown_as
+
+
+@pytest.mark.parametrize("name, good", [("a", True), ("a" * 100, True), ("a" * 101, False)])
+def test_class_names_are_one_to_a_hundred_characters(tmp_path, name, good):
+    data = torch_bytes(_model(classes=[name, *CLASSES[1:]]))
+    if good:
+        assert load_model_from_bytes(data)[1]["classes"][0] == name
+    else:
+        one_line(refused(data, tmp_path), "'classes' should be a list of 10 class names")
