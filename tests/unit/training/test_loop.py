@@ -629,14 +629,15 @@ def test_on_gpus_several_processes_normalise_batches_together_one_alone(monkeypa
     """SyncBatchNorm for several processes on CUDA (Gloo on the CPU has none); placed and wrapped for `device`
     and `world` (both recorded here: no GPU, no process group needed), with the steps of one rank's shard."""
     calls = []
+    monkeypatch.setattr(loop, "configure", lambda device: calls.append(("configure", device)))  # process-wide
     monkeypatch.setattr(loop, "to_device_layout", lambda net, device: calls.append(("layout", device)) or net)
     monkeypatch.setattr(loop, "wrap_ddp", lambda model, device, world: calls.append(("ddp", device, world)) or model)
     cuda, two = torch.device("cuda"), World(rank=0, size=2)
-    state = build(train_params(model="cnn3v2", epochs=2, batch_size=10), 45, cuda, world=two)
+    state = build(train_params(model="cnn3v2", epochs=2, batch_size=10), 41, cuda, world=two)
     kinds = {type(m).__name__ for m in state.net.modules()}
     assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
-    assert calls == [("layout", cuda), ("ddp", cuda, two)]
-    total = 2 * steps_per_epoch(45, 10, 2)  # 22 images a rank in batches of 5: 5 steps an epoch
-    assert total == 10 and state.scheduler.lr_lambdas[0](total - 1) == lr_factor(total - 1, total)
-    alone = build(train_params(model="cnn3v2"), 45, cuda)
+    assert calls == [("configure", cuda), ("layout", cuda), ("ddp", cuda, two)]
+    total = 2 * steps_per_epoch(41, 10, 2)  # 20 images a rank in batches of 5: 4 steps an epoch (5 alone)
+    assert total == 8 and state.scheduler.lr_lambdas[0](total - 1) == lr_factor(total - 1, total)
+    alone = build(train_params(model="cnn3v2"), 41, cuda)
     assert "SyncBatchNorm" not in {type(m).__name__ for m in alone.net.modules()}
