@@ -48,3 +48,20 @@ def test_bench_writes_a_row_per_contender_with_every_seed(tmp_path):
     assert all(len(line.split("|")) == len(table[0].split("|")) for line in table[1:4])
     assert [line.split("|")[1].strip() for line in table[2:4]] == ["reference", "fast"]
     assert len(table[3].split("|")[3].split()) == 2  # both seeds' accuracies listed
+
+
+def test_step_time_gives_a_row_per_net_dtype_and_thread_count():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/step_time.py"), "--nets", "cnn3_small", "lenet",
+                           "--dtypes", "bf16", "fp32", "--threads", "1", "--steps", "2", "--peak-size", "256"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines()[2:]]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("cnn3_small", "bf16"), ("lenet", "bf16"),
+                                                             ("cnn3_small", "fp32"), ("lenet", "fp32")]
+    for row in rows:
+        step_ms, gflop, achieved, peak = (float(cell) for cell in row[3:7])
+        assert gflop > 0 and step_ms > 0
+        assert abs(achieved - gflop / (step_ms / 1e3)) <= 0.01 * achieved + 1  # FLOP/s = FLOPs / step time
+        assert abs(float(row[7].strip().rstrip("%")) - 100 * achieved / peak) <= 1  # the share of the peak
+    # cnn3_small does more work a step than the tutorial's LeNet
+    assert float(rows[0][4]) > float(rows[1][4])
