@@ -200,7 +200,7 @@ def time_to_target(raw: Path, params: dict) -> dict:
                 clock["reached"][str(target)] = elapsed
         return result.accuracy >= TARGETS[-1]
 
-    state = build(p, len(train[1]), device, dtype)
+    state = build(p, train[0], device, dtype)
     fit(state, train, val, p, should_stop=test_score)
     seconds = time.perf_counter() - clock["start"] - clock["paused"]
     return {"seconds_to": clock["reached"], "images_per_second": clock["steps"] * p.batch_size / seconds}

@@ -68,7 +68,7 @@ def main() -> None:
         print(f"training on {placement(device, dtype, p.device)}"
               + (f", {world.size} processes" if world.size > 1 else ""))
     key = run_key(p, *train, world.size)
-    state, progress = start(p, args.checkpoint, key, len(train[1]), device, dtype, world)
+    state, progress = start(p, args.checkpoint, key, train[0], device, dtype, world)
     record = Record(args.checkpoint, args.summary, args.live_dir, key, state, p, progress) if world.main else None
     train, val = [tuple(to_device(t, device) for t in split) for split in (train, val)]  # moved once, for the run
     try:

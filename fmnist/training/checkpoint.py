@@ -49,21 +49,21 @@ def run_key(p: Train, images: torch.Tensor, labels: torch.Tensor, world_size: in
     return {"params": params, "world": world_size, "data_sha256": digest}
 
 
-def start(p: Train, path: Path, key: dict, n_train: int, device: torch.device, dtype: torch.dtype | None,
+def start(p: Train, path: Path, key: dict, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
           world: World) -> tuple[TrainState, Progress | None]:
     """A fresh run, or, with train.resume or after torchrun restarted the workers, the
     checkpoint's at `path` when it matches `key` (rank 0 reads it and shares it)."""
-    state = build(p, n_train, device, dtype, world)
+    state = build(p, images, device, dtype, world)
     if not (p.resume or world.restart):
         return state, None
     progress = None
     if world.main:
         if world.restart:
             print(f"torchrun restarted the workers (restart {world.restart}); resuming from the last checkpoint")
-        progress = resume(path, key, state, steps_per_epoch(n_train, p.batch_size, world.size))
+        progress = resume(path, key, state, steps_per_epoch(len(images), p.batch_size, world.size))
     progress = share_restored(progress, state, world)
     if progress is None:  # a failed restore may have loaded part of the state
-        state = build(p, n_train, device, dtype, world)
+        state = build(p, images, device, dtype, world)
     return state, progress
 
 

@@ -1,7 +1,7 @@
 """The training loop, on whole in-memory tensors: optimiser, schedule, epochs, the best epoch.
 
     p = load_params().train                                  # fmnist.params.Train
-    state = build(p, len(train_y), device, dtype, world)     # net, model, optimizer, scheduler, ema; where
+    state = build(p, train_x, device, dtype, world)          # net, model, optimizer, scheduler, ema; where
     progress = fit(state, (train_x, train_y), (val_x, val_y), p)
 
 `fit` is what the train stage and the benchmark both run: epochs of `train_epoch` (the
@@ -33,7 +33,7 @@ from fmnist.core.dataset import CLASSES
 from fmnist.core.errors import ParamError, TrainingDiverged
 from fmnist.model.classifier import Classifier, normalize, score
 from fmnist.model.device import autocast, configure, to_device, to_device_layout
-from fmnist.model.nets import build_model
+from fmnist.model.nets import build_model, fit_to_data
 from fmnist.training.augment import Augmentation
 from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch, wrap_ddp
 from fmnist.training.ema import Ema
@@ -41,6 +41,7 @@ from fmnist.training.ema import Ema
 if TYPE_CHECKING:
     from fmnist.params import Train
 
+FIT_IMAGES = 5000  # training images a net's data-fitted layers (its PatchWhitening) are computed from
 CHECK_EVERY = 50  # batches between loss checks: each check waits for a GPU to catch up
 VAL_BATCH = 1000  # images per forward pass when scoring the validation set
 # One row of figures an epoch. Every loss is plain cross-entropy, comparable from train to
@@ -102,15 +103,17 @@ class TrainState:
     world: World = World()            # this process among those of a torchrun launch
 
 
-def build(p: Train, n_train: int, device: torch.device, dtype: torch.dtype | None = None,
+def build(p: Train, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None,
           world: World = World()) -> TrainState:
-    """A fresh TrainState for the params' train section and `n_train` training images, on `device`.
+    """A fresh TrainState for the params' train section and the training `images` (uint8 N x 28 x 28), on `device`.
 
-    Seeded, so every rank starts alike.
+    Seeded, and fitted to the first FIT_IMAGES images (the same on every rank), so every
+    rank starts alike.
     """
     seed_everything(p.seed)
     configure(device)
     net = build_model(p.model, len(CLASSES))
+    fit_to_data(net, normalize(images[:FIT_IMAGES].unsqueeze(1)))
     if world.size > 1 and device.type == "cuda":
         # BatchNorm statistics over the global batch, as one process computes them. Its
         # state_dict keys are BatchNorm's: the saved weights load into the plain net. On
@@ -120,7 +123,7 @@ def build(p: Train, n_train: int, device: torch.device, dtype: torch.dtype | Non
     model = wrap_ddp(to_device_layout(net, device), device, world)
     if p.compile:
         model = torch.compile(model)
-    total = p.epochs * steps_per_epoch(n_train, p.batch_size, world.size)
+    total = p.epochs * steps_per_epoch(len(images), p.batch_size, world.size)
     optimizer, scheduler = make_optimizer(p, net, total)
     ema = Ema(net, p.ema) if p.ema > 0 else None
     return TrainState(net, model, optimizer, scheduler, ema, device, dtype, world)

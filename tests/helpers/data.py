@@ -53,6 +53,11 @@ def tiny(n: int = 256, seed: int = 0):
     return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
+def blank(n: int) -> torch.Tensor:
+    """n black uint8 images (n, 28, 28): training images where only their number matters."""
+    return torch.zeros(n, 28, 28, dtype=torch.uint8)
+
+
 def write_raw(folder: Path, n_train: int = 400, n_test: int = 120, gz: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):

@@ -44,7 +44,7 @@ ADAMW = P.model_copy(update={"optimizer": "adamw", "lr": 0.01})
 
 def fresh(p: dict = P):
     train, _ = tiny_data()
-    return build(p, len(train[1]), CPU)
+    return build(p, train[0], CPU)
 
 
 def steps(p: dict = P) -> int:
@@ -102,7 +102,7 @@ def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
     saved = {}
 
     def run(checkpoint=None):
-        state = build(p, len(train[1]), CPU)
+        state = build(p, train[0], CPU)
         steps = steps_per_epoch(len(train[1]), p.batch_size)
         progress = restore(checkpoint, "key", state, steps) if checkpoint else None
 

@@ -17,6 +17,7 @@ from fmnist.training import distributed
 from fmnist.training import loop as training
 from fmnist.training.distributed import World, _fresh_namespace, wrap_ddp
 from helpers import ROOT
+from helpers.data import blank
 
 
 def test_a_restart_gets_a_store_namespace_no_dead_worker_wrote_to():
@@ -55,7 +56,7 @@ def test_batchnorm_is_synced_across_processes_on_cuda_only(monkeypatch):
     monkeypatch.setattr(training, "to_device_layout", lambda net, device: net)  # no GPU here
     monkeypatch.setattr(training, "wrap_ddp", lambda model, device, world: model)  # nor a process group
     for device, world, synced in (("cuda", World(0, 2), True), ("cpu", World(0, 2), False), ("cuda", World(), False)):
-        net = training.build(p, 1000, torch.device(device), None, world).net
+        net = training.build(p, blank(1000), torch.device(device), None, world).net
         kinds = {type(m) for m in net.modules()}
         assert (torch.nn.SyncBatchNorm in kinds) == synced and (torch.nn.BatchNorm2d in kinds) != synced
 

@@ -29,7 +29,7 @@ from fmnist.training.augment import Augmentation
 from fmnist.training.distributed import World, steps_per_epoch
 from fmnist.training.ema import Ema
 from fmnist.training.loop import TrainState, build, fit, lr_factor, seed_everything, train_epoch
-from helpers.data import synthetic, tiny, train_params
+from helpers.data import blank, synthetic, tiny, train_params
 
 CPU = torch.device("cpu")
 
@@ -151,7 +151,7 @@ def test_a_step_moves_nothing_and_waits_for_nothing_only_the_checks_do(monkeypat
     monkeypatch.setattr(training, "CHECK_EVERY", 3)
     x, y = tiny()  # 256 images: 8 batches of 32
     p = loop_params(augment={"flip": True, "shift": 2, "erase": 0.5})
-    state = build(p, len(y), CPU)
+    state = build(p, x, CPU)
     traffic = HostTraffic()
     state.optimizer.register_step_post_hook(lambda *_: traffic.events.append("step"))
     with traffic:
@@ -168,7 +168,7 @@ def tiny_run_learns(device: torch.device) -> None:
     """A few epochs of a tiny run on `device` with its own precision: the loss falls, validation beats chance."""
     p = loop_params(epochs=4, device=device.type, precision="auto", augment={"flip": True, "shift": 1, "erase": 0.25})
     dtype = pick_dtype(p.precision, device)
-    state = build(p, 256, device, dtype)
+    state = build(p, tiny()[0], device, dtype)
     train, val = [tuple(to_device(t, device) for t in tiny(n, seed)) for n, seed in ((256, 0), (200, 5))]
     progress = fit(state, train, val, p)
     assert next(state.net.parameters()).device.type == device.type
@@ -194,7 +194,7 @@ def test_on_cuda_no_step_synchronises_with_the_host(monkeypatch):
     monkeypatch.setattr(training, "CHECK_EVERY", 3)
     device = torch.device("cuda")
     p = loop_params(augment={"flip": True, "shift": 2, "erase": 0.5})
-    state = build(p, 256, device, pick_dtype("auto", device))
+    state = build(p, tiny()[0], device, pick_dtype("auto", device))
     x, y = (to_device(t, device) for t in tiny())
     train_epoch(state, x, y, 1, p)
     check = training._check
@@ -229,7 +229,7 @@ def test_a_single_step_and_a_last_batch_of_one_image_train():
     y = y.long()
     for batch_size, expected in ((64, 1), (32, 2), (1, 33)):  # 33 = 32 + 1: a last batch of one image
         p = train_params(epochs=1, batch_size=batch_size)
-        state = build(p, 33, CPU)
+        state = build(p, x, CPU)
         loss, acc, _ = train_epoch(state, x, y, 1, p)
         assert state.scheduler.last_epoch == expected == steps_per_epoch(33, batch_size)
         assert math.isfinite(loss) and 0 <= acc <= 1
@@ -439,23 +439,23 @@ def test_sgd_with_nesterov_momentum_or_adamw_each_on_the_one_cycle_schedule():
 
 def test_build_makes_the_params_net_its_optimiser_schedule_and_average(monkeypatch):
     p = train_params(model="lenet", epochs=3, batch_size=10, ema=0.0, compile=False)
-    state = build(p, 45, CPU, torch.bfloat16)
+    state = build(p, blank(45), CPU, torch.bfloat16)
     assert type(state.net) is type(build_model("lenet")) and state.model is state.net and state.ema is None
     assert state.device == CPU and state.dtype == torch.bfloat16 and state.world == World()
     total = 3 * 5  # 45 images in batches of 10: 5 steps an epoch
     assert [f(total - 1) for f in state.scheduler.lr_lambdas] == [lr_factor(total - 1, total)]
     assert state.optimizer.param_groups[0]["params"][0] is next(state.net.parameters())
-    averaged = build(train_params(model="lenet", ema=0.99), 45, CPU)
+    averaged = build(train_params(model="lenet", ema=0.99), blank(45), CPU)
     assert averaged.ema.decay == 0.99 and averaged.ema.module is not averaged.net
     compiled = []
     monkeypatch.setattr(loop.torch, "compile", lambda model: compiled.append(model) or "compiled")
-    state = build(train_params(model="lenet", compile=True), 45, CPU)
+    state = build(train_params(model="lenet", compile=True), blank(45), CPU)
     assert state.model == "compiled" and compiled == [state.net]
 
 
 def test_build_keeps_batch_norm_as_it_is_on_the_cpu_even_for_several_processes(monkeypatch):
     monkeypatch.setattr(loop, "wrap_ddp", lambda model, device, world: model)  # no process group here
-    state = build(train_params(model="cnn3v2"), 45, CPU, world=World(rank=0, size=2))
+    state = build(train_params(model="cnn3v2"), blank(45), CPU, world=World(rank=0, size=2))
     kinds = {type(m).__name__ for m in state.net.modules()}
     assert "BatchNorm2d" in kinds and "SyncBatchNorm" not in kinds
     assert state.world == World(rank=0, size=2)
@@ -633,11 +633,11 @@ def test_on_gpus_several_processes_normalise_batches_together_one_alone(monkeypa
     monkeypatch.setattr(loop, "to_device_layout", lambda net, device: calls.append(("layout", device)) or net)
     monkeypatch.setattr(loop, "wrap_ddp", lambda model, device, world: calls.append(("ddp", device, world)) or model)
     cuda, two = torch.device("cuda"), World(rank=0, size=2)
-    state = build(train_params(model="cnn3v2", epochs=2, batch_size=10), 41, cuda, world=two)
+    state = build(train_params(model="cnn3v2", epochs=2, batch_size=10), blank(41), cuda, world=two)
     kinds = {type(m).__name__ for m in state.net.modules()}
     assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
     assert calls == [("configure", cuda), ("layout", cuda), ("ddp", cuda, two)]
     total = 2 * steps_per_epoch(41, 10, 2)  # 20 images a rank in batches of 5: 4 steps an epoch (5 alone)
     assert total == 8 and state.scheduler.lr_lambdas[0](total - 1) == lr_factor(total - 1, total)
-    alone = build(train_params(model="cnn3v2"), 41, cuda)
+    alone = build(train_params(model="cnn3v2"), blank(41), cuda)
     assert "SyncBatchNorm" not in {type(m).__name__ for m in alone.net.modules()}

@@ -39,7 +39,7 @@ def test_fit_ends_with_the_epochs_it_finished_when_asked_to_stop():
         asked.append((epoch, batches))
         return epoch == 3
 
-    progress = fit(build(p, len(train[1]), CPU), train, val, p, should_stop=should_stop)
+    progress = fit(build(p, train[0], CPU), train, val, p, should_stop=should_stop)
     assert progress.epoch == 2 and len(progress.history) == 2  # epoch 3 was dropped, epoch 4 never ran
     assert progress.best["epoch"] in (1, 2) and progress.best["state_dict"] is not None
     assert asked[-1][0] == 3 and {epoch for epoch, _ in asked} == {1, 2, 3}

@@ -37,7 +37,7 @@ def data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
 def test_the_train_loss_is_plain_cross_entropy_of_the_batches_and_the_smoothed_one_is_what_is_minimised():
     p = params(lr=0.0, label_smoothing=0.1)  # no step changes the weights: the epoch's losses are the net's
     x, y = data()
-    state = build(p, len(y), CPU)
+    state = build(p, x, CPU)
     with torch.no_grad():
         logits = state.net(normalize(x.unsqueeze(1)))
     figures = train_epoch(state, x, y, 1, p)
@@ -50,7 +50,7 @@ def test_the_train_loss_is_plain_cross_entropy_of_the_batches_and_the_smoothed_o
 def test_without_smoothing_the_two_losses_are_one():
     p = params(lr=0.05, label_smoothing=0.0)
     x, y = data()
-    figures = train_epoch(build(p, len(y), CPU), x, y, 1, p)
+    figures = train_epoch(build(p, x, CPU), x, y, 1, p)
     assert figures.loss == figures.loss_smoothed and math.isfinite(figures.loss)
 
 
@@ -58,7 +58,7 @@ def test_a_learning_run_logs_a_train_loss_near_its_validation_loss():
     """The issue's symptom: with smoothing, the old train loss stayed about twice the validation loss."""
     p = params(model="cnn", lr=0.05, epochs=3, label_smoothing=0.1)
     train, val = data(192), data(96)
-    progress = fit(build(p, len(train[1]), CPU), train, val, p)
+    progress = fit(build(p, train[0], CPU), train, val, p)
     last = progress.history[-1]
     assert set(last) == set(HISTORY_KEYS)
     assert last["val/acc"] > 0.9, last  # learnt: the losses are small
@@ -69,11 +69,11 @@ def test_a_learning_run_logs_a_train_loss_near_its_validation_loss():
 def test_a_checkpoint_whose_history_rows_lack_the_smoothed_loss_is_refused_by_name():
     p = params(lr=0.05, epochs=2)
     train, val = data(), data(64)
-    state = build(p, len(train[1]), CPU)
+    state = build(p, train[0], CPU)
     progress = fit(state, train, val, p)
     checkpoint = checkpoint_state(progress, "key", state)
     for row in checkpoint["history"]:
         del row["train/loss_smoothed"]  # what the code before this change logged
     with pytest.raises(ResumeError, match="a row of history holds train/acc, train/loss, val/acc, val/loss; "
                                           "this code's rows hold"):
-        restore(checkpoint, "key", build(p, len(train[1]), CPU), steps_per_epoch(len(train[1]), p.batch_size))
+        restore(checkpoint, "key", build(p, train[0], CPU), steps_per_epoch(len(train[1]), p.batch_size))
