@@ -99,7 +99,7 @@ test: $(VENV)/.installed-test
 	$(RUN) python -m pytest
 
 # Mutation testing (mutmut, [tool.mutmut] in pyproject.toml): each module against its own unit
-# tests, one after the other; about N minutes for all six on 2 CPU cores (docs/testing.md).
+# tests, one after the other: about 45 minutes for all six on 2 shared CPU cores (docs/testing.md).
 mutate: $(VENV)/.installed-test
 	$(RUN) python scripts/mutate.py --max-children $(MUTATE_CHILDREN) $(MUTATE_MODULES)
 

@@ -84,9 +84,11 @@ def resume(path: Path, key: dict, state: TrainState, steps: int) -> Progress | N
     if not path.exists():
         print(f"train.resume: no checkpoint at {path}; starting afresh")
         return None
-    limit = max_checkpoint_bytes(state.net, int(key["params"]["epochs"]))
+    epochs = int(key["params"]["epochs"])
+    limit = max_checkpoint_bytes(state.net, epochs)
     try:
-        progress = restore(load_torch(path, "starting afresh", limit, "a checkpoint of this run"), key, state, steps)
+        progress = restore(load_torch(path, "starting afresh", limit, "a checkpoint of this run"), key, state, steps,
+                           epochs)
     except DataError as exc:
         print(f"train.resume: {exc}")
         return None
@@ -109,8 +111,9 @@ def checkpoint_state(progress: Progress, key: dict, state: TrainState) -> dict:
             "best": progress.best}
 
 
-def restore(checkpoint: object, key: dict, state: TrainState, steps: int) -> Progress:
-    """Load a checkpoint into a freshly built run (`steps` optimizer steps an epoch) and return its Progress.
+def restore(checkpoint: object, key: dict, state: TrainState, steps: int, epochs: int) -> Progress:
+    """Load a checkpoint into a freshly built run (`steps` optimizer steps an epoch, `epochs`
+    epochs: train.epochs) and return its Progress.
 
     Raises ResumeError, whose message completes "the checkpoint ...", when it isn't one,
     was made for another run (its key differs from `key`) or is damaged in any way:
@@ -126,7 +129,7 @@ def restore(checkpoint: object, key: dict, state: TrainState, steps: int) -> Pro
     if not same:
         raise ResumeError("was made with other train params, process count or data")
     try:
-        return _restore(checkpoint, state, steps)
+        return _restore(checkpoint, state, steps, epochs)
     except Exception as exc:  # noqa: BLE001 - a damaged checkpoint fails in many ways
         raise ResumeError(f"is damaged ({quoted(str(exc), 200) or type(exc).__name__})") from None
 
@@ -135,11 +138,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _restore(checkpoint: dict, state: TrainState, steps: int) -> Progress:
+def _restore(checkpoint: dict, state: TrainState, steps: int, epochs: int) -> Progress:
     net, optimizer, scheduler, ema = state.net, state.optimizer, state.scheduler, state.ema
     epoch, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
         raise ValueError(f"epoch {epoch!r:.40}, expected a whole number >= 1")
+    if epoch > epochs:  # before the history's rows are read and the schedule replayed (epoch x steps steps)
+        raise ValueError(f"epoch {epoch!r:.40}, more than train.epochs: {epochs}")
     if not isinstance(history, list) or len(history) != epoch:
         raise ValueError(f"{epoch} epochs done but the history is {history!r:.40}")
     for row in history:

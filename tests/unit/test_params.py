@@ -139,18 +139,27 @@ def test_any_value_anywhere_in_params_is_checked_params_or_one_line_per_problem(
     node = params
     for part in where[:-1]:
         node = node[part]
-    node[where[-1]] = data.draw(YAML_JUNK)
+    original = node[where[-1]]  # junk, or a value of the key's own type (often allowed), or the one it was
+    node[where[-1]] = data.draw(YAML_JUNK | st.from_type(type(original)) | st.just(original))
     if data.draw(st.booleans()):  # a new key too
         node[data.draw(st.text(max_size=8))] = data.draw(YAML_JUNK)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     try:
-        load_params(path)
+        loaded = load_params(path)
     except ParamError as exc:
         first, *rest = str(exc).split("\n")
         assert first.startswith(f"{path}"), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
         assert all(line.startswith("  ") and line.strip() for line in rest), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
         assert len(rest) == 0 or first.endswith(f"has {len(rest)} problems:"), str(exc)  # noqa: PT017 - loading may succeed; a failure must read well
+    else:  # accepted: the Params hold what the file gave, every key, nothing dropped, added or converted
+        event("accepted")
+        assert loaded.model_dump() == params
+        value, given = loaded, node[where[-1]]
+        for part in where:
+            value = getattr(value, part)
+        if not isinstance(given, dict):  # of its own type too (True == 1): an int is taken as a float, no other
+            assert type(value) is type(given) or (type(value), type(given)) == (float, int)
 
 
 def test_several_problems_one_line_each(tmp_path):
@@ -246,7 +255,7 @@ def test_every_size_the_params_allow_trains(group, sizes, rank, model, optimizer
     p = train_params(epochs=epochs, batch_size=batch_size, nproc=nproc, model=model, optimizer=optimizer)
     world = World(rank % nproc, nproc)
 
-    state = build(p, len(train[1]), CPU, None, world)
+    state = build(p, train[0], CPU, None, world)
     optimizer_, scheduler = state.optimizer, state.scheduler
     steps = []
     optimizer_.register_step_post_hook(lambda *_: steps.append(scheduler.last_epoch))

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import sys
 import threading
 import urllib.request
 from typing import ClassVar
@@ -396,6 +397,23 @@ def test_a_download_without_or_past_a_declared_length_is_cut_off_past_the_limit(
     with serving(declared) as url, pytest.raises(DataError):
         raw_module._fetch(url + "big.gz", tmp_path / "big.gz", 10_000)
     assert Bar.made[1].kwargs["total"] is None
+
+
+def test_the_downloading_line_is_out_before_the_download_starts(tmp_path, monkeypatch):
+    """A mirror that hangs (up to the 60 s timeout) has been named in a log or a pipe, not held in stdout's buffer."""
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="utf-8"))  # block-buffered, as in a pipe
+    shown = []
+
+    def hangs(url, path, limit):
+        shown.append(out.getvalue())
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(raw_module, "_fetch", hangs)
+    name = "train-labels-idx1-ubyte"
+    with pytest.raises(DataError):
+        download(name, tmp_path, ["http://mirror.invalid/"], {f"{name}.gz": "0" * 32})
+    assert shown == [f"downloading http://mirror.invalid/{name}.gz\n".encode()]
 
 
 def test_every_mirrors_failure_is_named_in_one_message(tmp_path, monkeypatch):

@@ -79,7 +79,7 @@ def resume_and_finish(checkpoint, p: dict = P):
     """restore() into a fresh run, then train it to the end, as the train stage does."""
     train, val = tiny_data()
     state = fresh(p)
-    progress = restore(checkpoint, KEY, state, steps(p))
+    progress = restore(checkpoint, KEY, state, steps(p), p.epochs)
     progress = fit(state, train, val, p, progress)
     return state.net, progress
 
@@ -104,7 +104,7 @@ def test_a_run_restored_from_its_checkpoint_ends_like_an_uninterrupted_one(ema):
     def run(checkpoint=None):
         state = build(p, train[0], CPU)
         steps = steps_per_epoch(len(train[1]), p.batch_size)
-        progress = restore(checkpoint, "key", state, steps) if checkpoint else None
+        progress = restore(checkpoint, "key", state, steps, p.epochs) if checkpoint else None
 
         def on_epoch(progress, seconds):  # what the train stage's checkpoint holds
             if progress.epoch == 2 and checkpoint is None:
@@ -138,6 +138,7 @@ DAMAGED_CHECKPOINTS = {
     "other params": (_set("key", "world", 2), "was made with other train params, process count or data"),
     "a tensor for a key": (_set("key", torch.zeros(3)), "was made with other train params"),
     "epoch a float": (_set("epoch", 1.5), "epoch 1.5, expected a whole number >= 1"),
+    "epoch beyond the run": (_set("epoch", 3), "epoch 3, more than train.epochs: 2"),
     "history a string": (_set("history", "x"), "1 epochs done but the history is 'x'"),
     "a row of history a string": (_set("history", 0, "x"), "a row of history is 'x'"),
     "a loss that is a string": (_set("history", 0, "val/loss", "low"), "a row of history is"),
@@ -179,6 +180,32 @@ def test_a_damaged_checkpoint_is_refused_saying_why(genuine, damage):
     with pytest.raises(ResumeError) as err:
         resume_and_finish(checkpoint)
     one_line(str(err.value), expected)
+
+
+def test_a_checkpoint_claiming_a_billion_epochs_is_refused_before_anything_is_replayed(genuine):
+    checkpoint = copy.deepcopy(genuine[0])
+    checkpoint["epoch"] = 10**9
+    with pytest.raises(ResumeError) as err:
+        restore(checkpoint, KEY, fresh(), steps(), P.epochs)
+    assert str(err.value) == "is damaged (epoch 1000000000, more than train.epochs: 2)"
+
+
+def test_a_long_consistent_claim_is_refused_without_replaying_its_schedule(genuine):
+    """A history of memo references is a few bytes a row: a checkpoint within the size limit
+    can claim many epochs, each row, the moving average's count and the best epoch agreeing.
+    The schedule's replay (epoch x steps steps) must not start."""
+    checkpoint = copy.deepcopy(genuine[0])
+    epoch = 10**5
+    checkpoint["epoch"], checkpoint["history"] = epoch, checkpoint["history"] * epoch
+    if checkpoint["ema"] is not None:
+        checkpoint["ema"]["updates"] = epoch * steps()
+    state = fresh()
+    replayed = []
+    state.scheduler.step = lambda: replayed.append(1)
+    with pytest.raises(ResumeError) as err:
+        restore(checkpoint, KEY, state, steps(), P.epochs)
+    one_line(str(err.value), f"epoch {epoch}, more than train.epochs: 2")
+    assert replayed == []
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

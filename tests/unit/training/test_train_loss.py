@@ -76,4 +76,5 @@ def test_a_checkpoint_whose_history_rows_lack_the_smoothed_loss_is_refused_by_na
         del row["train/loss_smoothed"]  # what the code before this change logged
     with pytest.raises(ResumeError, match="a row of history holds train/acc, train/loss, val/acc, val/loss; "
                                           "this code's rows hold"):
-        restore(checkpoint, "key", build(p, train[0], CPU), steps_per_epoch(len(train[1]), p.batch_size))
+        restore(checkpoint, "key", build(p, train[0], CPU), steps_per_epoch(len(train[1]), p.batch_size),
+                p.epochs)
