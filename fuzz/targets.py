@@ -198,7 +198,7 @@ def checkpoint_files() -> tuple[bytes, ...]:
     images, labels = tiny_split(TRAIN_IMAGES + 16, seed=1)
     train = images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES]
     val = images[TRAIN_IMAGES:], labels[TRAIN_IMAGES:]
-    state = build(checkpoint_params(), TRAIN_IMAGES, CPU)
+    state = build(checkpoint_params(), train[0], CPU)
     saved = []
     fit(state, train, val, checkpoint_params(),
         on_epoch=lambda progress, _: saved.append(torch_bytes(checkpoint_state(progress, checkpoint_run()[0], state))))
@@ -219,7 +219,7 @@ def read_checkpoint(path: Path) -> tuple[Any, str]:
     from fmnist.training.loop import build
 
     key, steps = checkpoint_run()
-    state = build(checkpoint_params(), TRAIN_IMAGES, CPU)
+    state = build(checkpoint_params(), tiny_split(TRAIN_IMAGES + 16, seed=1)[0][:TRAIN_IMAGES], CPU)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         progress = resume(path, key, state, steps)
