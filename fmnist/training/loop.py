@@ -258,7 +258,8 @@ def fit(state: TrainState, train: tuple, val: tuple, p: Train, progress: Progres
     seconds)` (the train stage logs and checkpoints there). `should_stop` is passed on
     to `train_epoch`: a stopped run ends with the epochs it finished (progress.epoch <
     train.epochs). With an EMA, the averaged weights are
-    scored and kept instead of the net's. Returns the final Progress, with the best
+    scored and kept instead of the net's. Of epochs that tie on validation accuracy, the
+    last is kept. Returns the final Progress, with the best
     epoch's weights (rank 0).
     """
     progress = progress or Progress()
@@ -276,7 +277,9 @@ def fit(state: TrainState, train: tuple, val: tuple, p: Train, progress: Progres
                        dtype=state.dtype)
         progress.history.append({"train/loss": trained.loss, "train/loss_smoothed": trained.loss_smoothed,
                                  "train/acc": trained.acc, "val/loss": scored.loss, "val/acc": scored.accuracy})
-        if scored.accuracy > progress.best["val_acc"]:
+        # A tie goes to the later epoch: it trained longer, at a lower learning rate, and with
+        # a small validation set (data.val_size) ties are common.
+        if scored.accuracy >= progress.best["val_acc"]:
             weights = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
             progress.best = {"val_acc": scored.accuracy, "epoch": epoch, "state_dict": weights}
         if on_epoch is not None:

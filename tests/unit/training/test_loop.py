@@ -68,9 +68,10 @@ def test_train_epoch_learns_and_evaluate_scores():
 
 
 def test_fit_keeps_the_epoch_of_the_best_validation_accuracy_not_the_last(monkeypatch):
-    """Validation accuracies 0.5, 0.9, 0.9, 0.7: epoch 2 is kept, with its weights (a tie
-    does not replace it; the last epoch, worse, does not either). The scores are scripted
-    (the loop's `score` replaced) so that the best epoch is not the last whatever training does."""
+    """Validation accuracies 0.5, 0.9, 0.9, 0.7: epoch 3 is kept, with its weights (a tie
+    goes to the later epoch, which trained longer; the last epoch, worse, does not replace
+    it). The scores are scripted (the loop's `score` replaced) so that the best epoch is not
+    the last whatever training does."""
     accuracies = iter([0.5, 0.9, 0.9, 0.7])
     monkeypatch.setattr(loop, "score", lambda *args, **kwargs: Evaluation(
         loss=1.0, accuracy=next(accuracies), probs=torch.zeros(0, 10)))
@@ -84,10 +85,11 @@ def test_fit_keeps_the_epoch_of_the_best_validation_accuracy_not_the_last(monkey
 
     progress = loop.fit(plain_sgd(net, 0.05), (x, y), (x[:10], y[:10]), loop_params(epochs=4), on_epoch=on_epoch)
     assert [row["val/acc"] for row in progress.history] == [0.5, 0.9, 0.9, 0.7]
-    assert progress.epoch == 4 and progress.best["epoch"] == 2 and progress.best["val_acc"] == 0.9
+    assert progress.epoch == 4 and progress.best["epoch"] == 3 and progress.best["val_acc"] == 0.9
     kept = progress.best["state_dict"]
-    assert kept.keys() == weights[2].keys() and all(torch.equal(kept[k], weights[2][k]) for k in kept)
-    assert not all(torch.equal(kept[k], weights[4][k]) for k in kept)  # training moved the weights after epoch 2
+    assert kept.keys() == weights[3].keys() and all(torch.equal(kept[k], weights[3][k]) for k in kept)
+    assert not all(torch.equal(kept[k], weights[2][k]) for k in kept)  # not the first of the tied epochs
+    assert not all(torch.equal(kept[k], weights[4][k]) for k in kept)  # training moved the weights after epoch 3
 
 
 def test_one_seed_gives_identical_weights_and_another_does_not():
