@@ -103,7 +103,7 @@ test: $(VENV)/.installed-test
 mutate: $(VENV)/.installed-test
 	$(RUN) python scripts/mutate.py --max-children $(MUTATE_CHILDREN) $(MUTATE_MODULES)
 
-# The benchmark trains several models one after the other (about 30 minutes on 2 CPU cores),
+# The benchmark trains several models one after the other (about 26 minutes on 2 CPU cores),
 # then times one training step of each net (reports/step-time.md: FLOP/s against the peak).
 bench: $(VENV)/.installed
 	$(RUN) dvc repro download
