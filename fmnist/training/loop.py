@@ -143,15 +143,27 @@ def epoch_generators(seed: int, epoch: int, rank: int = 0) -> tuple[torch.Genera
     return torch.Generator().manual_seed(int(order_seed)), torch.Generator().manual_seed(int(aug_seed))
 
 
-def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int, world: World) -> None:
+def _check_finite(losses: torch.Tensor, epoch: int, n_batches: int, world: World,
+                  net: torch.nn.Module | None = None) -> None:
+    """TrainingDiverged naming the first non-finite loss of the epoch, or, when the losses
+    are finite, a non-finite weight or BatchNorm statistic of `net`: a loss can stay finite
+    while a BatchNorm's running variance overflows (normalising by it hides it from the
+    loss), and such a net must not be kept either."""
     bad = (~torch.isfinite(losses)).nonzero()
-    first = torch.tensor([int(bad[0]) if len(bad) else n_batches], device=losses.device)
+    checked = len(losses) - 1  # the last batch done: the weights are checked as they are after it
+    weights_ok = net is None or bool(torch.stack([torch.isfinite(t).all() for t in net.state_dict().values()
+                                                  if t.is_floating_point()]).all())
+    first = torch.tensor([int(bad[0]) if len(bad) else n_batches, n_batches if weights_ok else checked],
+                         device=losses.device)
     if world.size > 1:  # every rank must stop together, or the others wait forever
         dist.all_reduce(first, op=dist.ReduceOp.MIN)
-    b = int(first)
+    b, w = (int(v) for v in first)
     if b < n_batches:
         raise TrainingDiverged(f"training diverged: the loss became non-finite at epoch {epoch}, "
                                f"batch {b + 1} of {n_batches}; try a smaller train.lr")
+    if w < n_batches:
+        raise TrainingDiverged(f"training diverged: a weight or BatchNorm statistic became non-finite at epoch "
+                               f"{epoch}, by batch {w + 1} of {n_batches}; try a smaller train.lr")
 
 
 class EpochFigures(NamedTuple):
@@ -228,9 +240,9 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
 
 def _check(state: TrainState, losses: torch.Tensor, epoch: int, n_batches: int, bar: tqdm,
            should_stop: Callable[[int, int], bool] | None) -> bool:
-    """The loop's host sync, every CHECK_EVERY batches and after the last: a diverged loss
-    stops the run, the bar shows the last loss, `should_stop` is asked. True: stop the epoch."""
-    _check_finite(losses, epoch, n_batches, state.world)
+    """The loop's host sync, every CHECK_EVERY batches and after the last: a diverged loss or
+    net stops the run, the bar shows the last loss, `should_stop` is asked. True: stop the epoch."""
+    _check_finite(losses, epoch, n_batches, state.world, state.net)
     bar.set_postfix(loss=f"{losses[-1].item():.4f}")
     if should_stop is None:
         return False

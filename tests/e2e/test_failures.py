@@ -291,9 +291,13 @@ def test_a_read_only_output_folder_names_the_file(pipeline):
 def test_diverging_training_names_epoch_and_batch_and_writes_no_model(repo):
     set_params(repo.path, {"train": {"lr": 10.0, "label_smoothing": 0.0, "weight_decay": 0.0}})
     proc = repo.dvc("repro", check=False)
-    assert_clean_failure(proc, "training diverged: the loss became", "at epoch 1, batch")
+    # the loss, or with BatchNorm after every convolution a running variance, overflows first
+    assert_clean_failure(proc, "training diverged: ", " became non-finite at epoch ", "; try a smaller train.lr")
     assert not (repo.path / "models/model.pt").exists()
-    assert not (repo.path / "metrics/train.json").exists()
+    # metrics/train.json, written after each epoch, holds at most the epochs before the divergence
+    summary = repo.path / "metrics/train.json"
+    epoch = int(proc.stderr.split(" became non-finite at epoch ")[1].split(",")[0])
+    assert not summary.exists() or json.loads(summary.read_text())["epoch"] < epoch
 
 
 

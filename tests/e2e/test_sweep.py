@@ -202,7 +202,9 @@ def leftovers(workspace: Path) -> list[int]:
 
 @pytest.mark.e2e
 def test_ctrl_c_and_a_killed_sweep_leave_a_study_that_reruns_the_interrupted_trial(tmp_path):
-    params = {**PARAMS, "train": {**PARAMS["train"], "epochs": 3, "batch_size": 16}}
+    # Eight short epochs (under a second each): after the first, time for the signal to land mid-trial
+    # even on a loaded machine (with three, a CI run once saw the trial end first).
+    params = {**PARAMS, "train": {**PARAMS["train"], "epochs": 8, "batch_size": 16}}
     repo = sweep_repo(tmp_path / "repo", write_raw(tmp_path / "raw", n_train=2000), params=params,
                       space="space:\n  train.lr: {low: 0.01, high: 0.1, log: true}\n")
     logs = repo.path / "reports/sweep/sweep/logs"
@@ -215,7 +217,7 @@ def test_ctrl_c_and_a_killed_sweep_leave_a_study_that_reruns_the_interrupted_tri
 
     # Ctrl-C in the middle of trial 0: it ends, recorded as interrupted, in one line.
     proc = start()
-    wait_for(logs / "sweep-0.log", "epoch 1/3", proc)
+    wait_for(logs / "sweep-0.log", "epoch 1/8", proc)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
@@ -229,7 +231,7 @@ def test_ctrl_c_and_a_killed_sweep_leave_a_study_that_reruns_the_interrupted_tri
 
     # Again, and killed in the middle of the re-run (the trial's processes live on).
     proc = start()
-    wait_for(logs / "sweep-1.log", "epoch 1/3", proc)
+    wait_for(logs / "sweep-1.log", "epoch 1/8", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert leftovers(workspace), "the killed sweep's trial should still be running"

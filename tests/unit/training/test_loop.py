@@ -400,6 +400,20 @@ def test_finite_losses_pass_the_check_and_the_first_non_finite_one_is_named():
         loop._check_finite(torch.tensor([1.0, float("inf"), float("nan")]), 3, 9, World())
 
 
+def test_a_net_whose_batchnorm_statistics_overflowed_stops_the_run_though_the_losses_are_finite():
+    """With a huge learning rate a BatchNorm's running variance can overflow while the loss,
+    normalised by it, stays finite; the net must not be kept."""
+    net = build_model("cnn3v2")
+    loop._check_finite(torch.tensor([1.0, 2.0, 3.0]), 2, 9, World(), net)  # a fresh net is finite
+    net[2].running_var[0] = float("inf")
+    with pytest.raises(TrainingDiverged) as err:
+        loop._check_finite(torch.tensor([1.0, 2.0, 3.0]), 2, 9, World(), net)
+    assert str(err.value) == ("training diverged: a weight or BatchNorm statistic became non-finite at epoch 2, "
+                              "by batch 3 of 9; try a smaller train.lr")
+    with pytest.raises(TrainingDiverged, match=r"the loss became non-finite at epoch 2, batch 2 of 9;"):
+        loop._check_finite(torch.tensor([1.0, float("nan"), 3.0]), 2, 9, World(), net)  # the loss is named first
+
+
 # --- the schedule, the optimiser, the state, the seeds -------------------------------------
 
 def test_the_schedule_warms_up_linearly_then_anneals_by_a_cosine_to_its_end():
@@ -622,7 +636,7 @@ def test_under_torchrun_a_rank_trains_its_shard_of_the_order_augmented_its_own_w
         rows = slice(b * 4, (b + 1) * 4)
         assert torch.equal(batch, drawn(normalize(x[mine[rows]].unsqueeze(1)), rows))
     [(check, op), (totals, _)] = reduced
-    assert op == torch.distributed.ReduceOp.MIN and check.tolist() == [5]  # no non-finite batch: 5, past the last
+    assert op == torch.distributed.ReduceOp.MIN and check.tolist() == [5, 5]  # no bad loss nor weight: past the last
     assert totals[3].item() == 18 and figures.acc == pytest.approx(totals[1].item() / 18)
     assert bars[0]["disable"] is True
 
