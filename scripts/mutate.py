@@ -54,7 +54,7 @@ DESELECT = {
 HAND_MUTANTS = {
     "classifier": [("mirroring upside down instead of left-right", "x.flip(3)", "x.flip(2)")],
     "loop": [("keeping the last epoch instead of the best",
-              'if scored.accuracy > progress.best["val_acc"]:', "if True:")],
+              'if scored.accuracy >= progress.best["val_acc"]:', "if True:")],
 }
 
 # mutmut's verdicts, as docs/testing.md's table counts them.
