@@ -111,13 +111,10 @@ def cnn6(num_classes: int = 10) -> nn.Sequential:
     for 256 images). The most accurate net here for its time (docs/benchmark.md), and
     too slow for the default's budget.
     """
-    def extra(c: int) -> list[nn.Module]:
-        return [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-
     return nn.Sequential(
-        *_conv_pool_bn_relu(1, 32), *extra(32),      # 32 x 14 x 14
-        *_conv_pool_bn_relu(32, 64), *extra(64),     # 64 x 7 x 7
-        *_conv_pool_bn_relu(64, 128), *extra(128),   # 128 x 3 x 3
+        *_conv_pool_bn_relu(1, 32), *_conv_bn_relu(32, 32, 3),      # 32 x 14 x 14
+        *_conv_pool_bn_relu(32, 64), *_conv_bn_relu(64, 64, 3),     # 64 x 7 x 7
+        *_conv_pool_bn_relu(64, 128), *_conv_bn_relu(128, 128, 3),  # 128 x 3 x 3
         nn.AdaptiveMaxPool2d(1), nn.Flatten(),
         nn.Linear(128, num_classes, bias=False),
     )
@@ -170,13 +167,11 @@ def cnn6w(num_classes: int = 10) -> nn.Sequential:
     quarter less (the 14x14 convolution reads 18 channels instead of 32):
     docs/benchmark.md.
     """
-    def extra(c_in: int, c: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-
     return nn.Sequential(
-        PatchWhitening(), nn.MaxPool2d(2), nn.BatchNorm2d(18), nn.ReLU(inplace=True), *extra(18, 32),  # 32 x 14 x 14
-        *_conv_pool_bn_relu(32, 64), *extra(64, 64),     # 64 x 7 x 7
-        *_conv_pool_bn_relu(64, 128), *extra(128, 128),  # 128 x 3 x 3
+        PatchWhitening(), nn.MaxPool2d(2), nn.BatchNorm2d(18), nn.ReLU(inplace=True),
+        *_conv_bn_relu(18, 32, 3),                                  # 32 x 14 x 14
+        *_conv_pool_bn_relu(32, 64), *_conv_bn_relu(64, 64, 3),     # 64 x 7 x 7
+        *_conv_pool_bn_relu(64, 128), *_conv_bn_relu(128, 128, 3),  # 128 x 3 x 3
         nn.AdaptiveMaxPool2d(1), nn.Flatten(),
         nn.Linear(128, num_classes, bias=False),
     )
