@@ -414,6 +414,23 @@ def test_a_net_whose_batchnorm_statistics_overflowed_stops_the_run_though_the_lo
         loop._check_finite(torch.tensor([1.0, float("nan"), 3.0]), 2, 9, World(), net)  # the loss is named first
 
 
+@pytest.mark.parametrize("check_every, batch", [(50, 5), (2, 2)])
+def test_an_epoch_whose_net_goes_non_finite_stops_at_the_next_check_though_its_losses_are_finite(
+        monkeypatch, check_every, batch):
+    """The epoch's checks look at the net too: an infinite running variance (what a huge learning
+    rate can make) leaves every training loss finite, since training normalises by the batch's
+    own statistics, and the run must stop all the same."""
+    monkeypatch.setattr(loop, "CHECK_EVERY", check_every)
+    seed_everything(0)
+    net = build_model("cnn3v2")
+    net[2].running_var[0] = float("inf")  # the running average stays infinite through every update
+    x, y = tiny(37)
+    with pytest.raises(TrainingDiverged) as err:
+        train_epoch(plain_sgd(net, 0.01), x, y, 2, loop_params(batch_size=8, augment=NO_AUGMENT))
+    assert str(err.value) == ("training diverged: a weight or BatchNorm statistic became non-finite at epoch 2, "
+                              f"by batch {batch} of 5; try a smaller train.lr")
+
+
 # --- the schedule, the optimiser, the state, the seeds -------------------------------------
 
 def test_the_schedule_warms_up_linearly_then_anneals_by_a_cosine_to_its_end():
