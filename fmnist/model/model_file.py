@@ -155,17 +155,28 @@ def card(record: dict) -> dict:
         "best_epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
         "val_acc": float(val_acc) if isinstance(val_acc, (int, float)) and not isinstance(val_acc, bool) else None,
         "data_sha256": digest if isinstance(digest, str) and len(digest) <= 200 and digest.isprintable() else None,
-        "params": _plain(record.get("params"), (str, int, float, bool, type(None)), 64),
+        # The train section holds one level of groups (augment: flip, shift, erase).
+        "params": _plain(record.get("params"), (str, int, float, bool, type(None)), 64, groups=True),
         "environment": _plain(record.get("environment"), (str,), 16),
     }
 
 
-def _plain(found: Any, kinds: tuple[type, ...], most: int) -> dict | None:
+def _plain(found: Any, kinds: tuple[type, ...], most: int, groups: bool = False) -> dict | None:
     """`found` if it is a small dict of short printable names to values of `kinds` (short
-    printable text where text); None otherwise (a file of an older version, or a damaged one)."""
-    if not isinstance(found, dict) or len(found) > most or not all(
-            isinstance(k, str) and len(k) <= 40 and k.isprintable() and type(v) in kinds
-            and (not isinstance(v, str) or (len(v) <= 200 and v.isprintable()))
-            for k, v in found.items()):
+    printable text where text), or with `groups` also to such dicts, one level deep; None
+    otherwise (a file of an older version, or a damaged one)."""
+    if not isinstance(found, dict) or len(found) > most:
         return None
-    return dict(found)
+    plain = {}
+    for k, v in found.items():
+        if not (isinstance(k, str) and len(k) <= 40 and k.isprintable()):
+            return None
+        if groups and isinstance(v, dict):
+            plain[k] = _plain(v, kinds, most)
+            if plain[k] is None:
+                return None
+        elif type(v) in kinds and (not isinstance(v, str) or (len(v) <= 200 and v.isprintable())):
+            plain[k] = v
+        else:
+            return None
+    return plain

@@ -83,6 +83,6 @@ def write_model_file(path: Path) -> Path:
     p = train_params(model="cnn", epochs=3, batch_size=32)
     for epoch in (1, 2, 3):
         train_epoch(state, x, y.long(), epoch, p)
-    save_model(path, net.state_dict(), params={"model": "cnn", "epochs": 3}, epoch=3, val_acc=0.95,
+    save_model(path, net.state_dict(), params=p.model_dump(), epoch=3, val_acc=0.95,
                data_sha256="ab" * 32, environment=describe(ROOT / RUNTIME_LOCK))
     return path

@@ -320,7 +320,14 @@ def test_a_model_path_that_is_not_a_file_is_refused_at_once_saying_what_it_is(ki
     ("data_sha256", 12, None),
     ("params", {f"k{i}": i for i in range(64)}, {f"k{i}": i for i in range(64)}),
     ("params", {f"k{i}": i for i in range(65)}, None),  # at most 64 entries
-    ("params", {"lr": 0.1, "augment": {"flip": True}}, None),  # a nested dict: not plain
+    ("params", {"lr": 0.1, "augment": {"flip": True, "shift": 0}}, {"lr": 0.1, "augment": {"flip": True, "shift": 0}}),
+    ("params", {"lr": 0.1, "augment": {"flip": {"p": 0.5}}}, None),  # groups one level deep, no more
+    ("params", {"lr": 0.1, "augment": {"flip": [True]}}, None),
+    ("params", {"lr": 0.1, "augment": {f"k{i}": i for i in range(65)}}, None),
+    ("params", {"lr": None}, {"lr": None}),
+    ("environment", {"python": "3.11.7"}, {"python": "3.11.7"}),
+    ("environment", {"python": None}, None),  # the environment is text, and has no groups
+    ("environment", {"lock": {"sha256": "ab"}}, None),
 ])
 def test_the_card_shows_what_a_file_holds_only_when_it_is_what_it_should_be(key, value, shown_as):
     assert card({"model": "cnn", "classes": CLASSES, key: value})[{"epoch": "best_epoch"}.get(key, key)] == shown_as

@@ -86,12 +86,14 @@ def test_info_prints_the_model_card(model_file, capsys):
                    f"{sys.platform}-{platform.machine().lower()}, lock {lock.as_posix()} "
                    f"sha256 {hashlib.sha256(lock.read_bytes()).hexdigest()}")
     for text in ("architecture  cnn", "best epoch    3 of 3", "val accuracy  0.9500", "data sha256   " + "ab" * 32,
-                 "Ankle boot", "commit        - (not committed yet", environment):
+                 "Ankle boot", "commit        - (not committed yet", environment,
+                 "params        model=cnn epochs=3 batch_size=32 ", " augment.flip=True augment.shift=0 "):
         assert text in card, card
     assert cli(["--info", "--json", "--model", str(model_file)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["classes"] == list(CLASSES) and info["best_epoch"] == 3 and info["commit"] is None
     assert info["environment"]["torch"] == version("torch") and len(info["environment"]["lock_sha256"]) == 64
+    assert info["params"]["epochs"] == 3 and info["params"]["augment"]["flip"] is True
 
 
 @pytest.mark.parametrize("environment", [None, {"python": 3.11}, {"python": "x" * 500}, {"torch": "2\x1b[2J"}, "3.11"])
