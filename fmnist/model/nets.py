@@ -190,11 +190,11 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
     )
 
 
-def check_name(name: str) -> None:
-    """ParamError naming train.model unless `name` is a registered net."""
+def check_name(name: str, where: str = "") -> None:
+    """ParamError naming train.model (in `where`, a file, when given) unless `name` is a registered net."""
     if name not in ARCHITECTURES:
-        raise ParamError(f"train.model: got {name!r}{did_you_mean(name, list(ARCHITECTURES))}, "
-                         f"expected one of {', '.join(ARCHITECTURES)}")
+        raise ParamError(f"{where + ': ' if where else ''}train.model: got {name!r}"
+                         f"{did_you_mean(name, list(ARCHITECTURES))}, expected one of {', '.join(ARCHITECTURES)}")
 
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:

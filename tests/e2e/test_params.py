@@ -46,6 +46,15 @@ def test_an_override_of_an_unknown_key_is_refused(repo):
     assert "Running stage 'train'" not in proc.stdout and not (repo.path / "models/model.pt").exists()
 
 
+def test_an_unregistered_net_is_refused_by_name_before_the_train_stage_does_anything(repo):
+    """train.model is checked where the nets are registered (fmnist/model/nets.py), and the
+    train stage asks that before it picks a device or reads the data."""
+    proc = repo.dvc("exp", "run", "-S", "train.model=cnn7", check=False)
+    assert_clean_failure(proc, "error: params.yaml: train.model: got 'cnn7' (did you mean 'cnn")
+    assert "Running stage 'train'" in proc.stdout and "training on" not in proc.stdout, proc.stdout
+    assert not (repo.path / "models/model.pt").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_a_missing_device_is_a_clear_error(repo):
     set_params(repo.path, {"train": {"device": "cuda"}})
