@@ -260,7 +260,8 @@ def render_markdown(*, base_label: str, head_label: str, ok: bool, verdict_line:
 
 
 def curves_figure(curves: dict[str, dict[str, pd.DataFrame]]) -> Figure:
-    """Loss and accuracy per epoch, train (dashed) and val (solid), of each side in one picture.
+    """Loss and accuracy per epoch, train (solid) and val (dashed, as `dvc plots show` draws
+    them), of each side in one picture.
 
     `curves` maps a side ("base", "head") to DVCLive's tables keyed "train/loss", ...,
     each with columns `step` and the metric's name.
@@ -269,7 +270,7 @@ def curves_figure(curves: dict[str, dict[str, pd.DataFrame]]) -> Figure:
     axes = fig.subplots(1, 2)
     for ax, metric, title in ((axes[0], "loss", "cross-entropy"), (axes[1], "acc", "accuracy")):
         for side, color in SIDES.items():
-            for split, style in (("train", "--"), ("val", "-")):
+            for split, style in (("train", "-"), ("val", "--")):
                 values = _series(curves[side][f"{split}/{metric}"], metric)
                 ax.plot(range(1, len(values) + 1), values, style, marker="o", color=color, label=f"{side} {split}")
         ax.set_xlabel("epoch")
@@ -277,7 +278,7 @@ def curves_figure(curves: dict[str, dict[str, pd.DataFrame]]) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle("Training curves: base (blue) vs head (orange), train dashed, validation solid", fontsize=10)
+    fig.suptitle("Training curves: base (blue) vs head (orange), train solid, validation dashed", fontsize=10)
     fig.tight_layout()
     return fig
 
