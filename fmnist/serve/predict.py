@@ -88,7 +88,8 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
         elif path.exists():
             hint = MODEL_HINT
         else:
-            hint = "run the train stage first (dvc repro), or name a model with --model or --rev"
+            hint = (f"looked for it in {Path.cwd()}, the current folder: run the command in the "
+                    f"project's folder after its train stage (dvc repro), or name a model with --model or --rev")
         data = read_model_bytes(path, hint)
         name = str(path)
         commit = first_commit_recording(data, path.resolve().parent) if args.info else None

@@ -78,6 +78,22 @@ def test_a_damaged_or_missing_model_is_one_line_and_exit_1(model_file, tmp_path,
         signal.signal(signal.SIGTERM, sigterm)
 
 
+def test_outside_the_project_the_missing_model_line_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    picture = tmp_path / "p.png"
+    picture.write_bytes(png(torch.from_numpy(synthetic(1, 0)[0][0])))
+    monkeypatch.chdir(tmp_path)
+    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own handler
+    try:
+        with pytest.raises(SystemExit) as exit:
+            errors.run(lambda: cli([str(picture)]))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    err = capsys.readouterr().err
+    assert exit.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: models/model.pt: missing; looked for it in {tmp_path}, the current folder: "
+                          f"run the command in the project's folder"), err
+
+
 def test_info_prints_the_model_card(model_file, capsys):
     assert cli(["--info", "--model", str(model_file)]) == 0
     card = capsys.readouterr().out
