@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -167,14 +168,28 @@ def test_queued_experiments_run_two_at_a_time_and_leave_the_workspace_alone(repr
     repo = reproduced
     params = (repo.path / "params.yaml").read_text()
     repo.dvc("exp", "run", "--queue", "-S", "train.lr=0.01,0.05")
+    # `dvc queue start` lives as long as its workers, and a worker can hang in its own
+    # shutdown after its task is done (seen once with DVC 3.67: "shutting down due to empty
+    # queue", never "done"), so the test watches the queue instead of waiting on the command,
+    # and ends the command and its workers (its process group) itself.
+    start = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "queue", "start", "-j", "2"],
+                             cwd=repo.path, env=repo.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
     try:
-        repo.dvc("queue", "start", "-j", "2")
         deadline = time.monotonic() + 300
         while {"Queued", "Running"} & set(queue_states(repo)):
             assert time.monotonic() < deadline, repo.dvc("queue", "status").stdout
             time.sleep(3)
     finally:
-        repo.dvc("queue", "stop", "--kill", check=False)
+        try:
+            repo.dvc("queue", "stop", "--kill", check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            pass  # the process group goes next, workers and all
+        try:
+            os.killpg(start.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # gone already, workers and all
+        start.wait()
     states = queue_states(repo)
     assert states == ["Success", "Success"], repo.dvc("queue", "status").stdout
 
