@@ -88,8 +88,11 @@ $(VENV)/.installed-test: $(VENV)/.installed $(TEST_LOCK)
 VEGA := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
 PLOTS_PAGE := .dvc/plots-page.html
 plots-page: $(PLOTS_PAGE)
+# npm runs only when a package is missing: the tests lend their .venv to the pull-request
+# workflow, whose `make repro` must not rewrite node_modules while other tests read it.
 $(PLOTS_PAGE): scripts/plots_page.py Makefile $(VENV)/.installed
-	if command -v npm >/dev/null; then npm install --no-audit --no-fund --prefix $(VENV)/node $(VEGA) || echo "npm install failed: dvc plots show will load vega from a CDN"; fi
+	missing=$$(for p in $(VEGA); do grep -qs "\"version\": \"$${p##*@}\"" $(VENV)/node/node_modules/$${p%@*}/package.json || echo $$p; done); \
+	if [ -n "$$missing" ] && command -v npm >/dev/null; then npm install --no-audit --no-fund --prefix $(VENV)/node $(VEGA) || echo "npm install failed: dvc plots show will load vega from a CDN"; fi
 	$(BIN)/python scripts/plots_page.py $(VENV)/node/node_modules $@
 
 repro: $(VENV)/.installed $(PLOTS_PAGE)
