@@ -89,7 +89,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
             hint = MODEL_HINT
         else:
             hint = (f"looked for it in {Path.cwd()}, the current folder: run the command in the "
-                    f"project's folder after its train stage (dvc repro), or name a model with --model or --rev")
+                    "project's folder after its train stage (dvc repro), or name a model with --model or --rev")
         data = read_model_bytes(path, hint)
         name = str(path)
         commit = first_commit_recording(data, path.resolve().parent) if args.info else None

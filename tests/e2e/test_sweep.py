@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from fmnist.sweep.study import storage_url
 from helpers.data import write_raw
-from helpers.processes import _default_sigint
+from helpers.processes import default_sigint
 from helpers.repos import make_repo
 from helpers.tools import POSTGRES_HINT, missing
 
@@ -216,7 +216,7 @@ def test_ctrl_c_and_a_killed_sweep_leave_a_study_that_reruns_the_interrupted_tri
         # SIGINT as a terminal has it, even when this suite runs as a background job (SIGINT ignored).
         return subprocess.Popen([SWEEP, "--trials", "1"], cwd=repo.path, env=env, text=True, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=_default_sigint)  # noqa: PLW1509 (only sets a signal disposition)
+                                preexec_fn=default_sigint)  # noqa: PLW1509 (only sets a signal disposition)
 
     # Ctrl-C in the middle of trial 0: it ends, recorded as interrupted, in one line.
     proc = start()

@@ -28,7 +28,7 @@ def assert_clean_failure(proc, *expected: str) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
-def _default_sigint() -> None:
+def default_sigint() -> None:
     # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
     # ignored across exec: give `dvc repro` (and so the stage) Ctrl-C as a terminal has it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -39,7 +39,7 @@ def start_repro(repo: Repo) -> subprocess.Popen:
     or a CI runner does), its output in proc.stdout."""
     return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.path, env=repo.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=_default_sigint)  # noqa: PLW1509 - one signal() call, no lock taken
+                            preexec_fn=default_sigint)  # noqa: PLW1509 - one signal() call, no lock taken
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

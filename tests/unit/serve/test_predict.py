@@ -61,35 +61,37 @@ def test_unreadable_pictures_cost_one_line_each_and_the_rest_are_classified(mode
     assert lines[2] == "error: 2 of 6 picture(s) could not be read"
 
 
+def exit_code_of_run(argv: list[str]) -> int:
+    """fmnist-predict's exit code as its console script gives it (errors.run: one line, exit 1),
+    with the SIGTERM handler run() installs put back afterwards."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit:
+            errors.run(lambda: cli(argv))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    return exit.value.code
+
+
 def test_a_damaged_or_missing_model_is_one_line_and_exit_1(model_file, tmp_path, capsys):
     picture = tmp_path / "p.png"
     picture.write_bytes(png(torch.from_numpy(synthetic(1, 0)[0][0])))
     damaged = tmp_path / "model.pt"
     damaged.write_bytes(model_file.read_bytes()[:5000])
-    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own handler
-    try:
-        for model, message in ((damaged, "not a readable torch file"), (tmp_path / "none.pt", "missing")):
-            with pytest.raises(SystemExit) as exit:
-                errors.run(lambda: cli(["--model", str(model), str(picture)]))  # noqa: B023 - called at once
-            out, err = capsys.readouterr()
-            assert exit.value.code == 1 and out == ""
-            assert err.count("\n") == 1 and err.startswith(f"error: {model}: {message}"), err
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
+    for model, message in ((damaged, "not a readable torch file"), (tmp_path / "none.pt", "missing")):
+        code = exit_code_of_run(["--model", str(model), str(picture)])
+        out, err = capsys.readouterr()
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and err.startswith(f"error: {model}: {message}"), err
 
 
 def test_outside_the_project_the_missing_model_line_says_where_it_looked(tmp_path, monkeypatch, capsys):
     picture = tmp_path / "p.png"
     picture.write_bytes(png(torch.from_numpy(synthetic(1, 0)[0][0])))
     monkeypatch.chdir(tmp_path)
-    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own handler
-    try:
-        with pytest.raises(SystemExit) as exit:
-            errors.run(lambda: cli([str(picture)]))
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
+    code = exit_code_of_run([str(picture)])
     err = capsys.readouterr().err
-    assert exit.value.code == 1 and err.count("\n") == 1, err
+    assert code == 1 and err.count("\n") == 1, err
     assert err.startswith(f"error: models/model.pt: missing; looked for it in {tmp_path}, the current folder: "
                           f"run the command in the project's folder"), err
 
@@ -190,14 +192,9 @@ def test_a_model_that_is_not_a_file_is_one_line_and_exit_1(kind, model_file, tmp
     picture = tmp_path / "p.png"
     picture.write_bytes(png(torch.from_numpy(synthetic(1, 0)[0][0])))
     model = make_not_file(tmp_path / "model.pt", kind)
-    sigterm = signal.getsignal(signal.SIGTERM)  # run() installs its own handler
-    try:
-        with pytest.raises(SystemExit) as exit:
-            errors.run(lambda: cli(["--model", str(model), str(picture)]))
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
+    code = exit_code_of_run(["--model", str(model), str(picture)])
     out, err = capsys.readouterr()
-    assert exit.value.code == 1 and out == ""
+    assert code == 1 and out == ""
     assert err == (f"error: {model}: {NOT_FILES[kind]}, not a file; expected a model file of this project "
                    f"(models/model.pt)\n")
 
