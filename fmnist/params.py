@@ -58,12 +58,6 @@ class Augment(Section):
     erase: Annotated[Number, Ge(0), Le(1)]     # probability of blanking a random patch
 
 
-class Prune(Section):
-    """Leaving the images the net finds easiest out of later epochs (fmnist/training/loop.py: hardest)."""
-    fraction: Annotated[Number, Ge(0), Le(0.9)]  # of the training images, left out of each later epoch; 0: off
-    from_epoch: Annotated[int, Ge(1)]            # the first epoch that leaves them out
-
-
 class Train(Section):
     model: Annotated[str, Field(description="the name of a net registered in fmnist/model/nets.py")]  # checked there
     epochs: Annotated[int, Ge(1)]
@@ -74,7 +68,6 @@ class Train(Section):
     weight_decay: Annotated[Number, Ge(0), Le(1)]
     label_smoothing: Annotated[Number, Ge(0), Le(1)]
     augment: Augment
-    prune: Prune
     ema: Annotated[Number, Ge(0), Le(0.9999)]  # 0: off
     seed: Seed
     device: Literal["auto", "cpu", "cuda", "mps"]

@@ -133,7 +133,6 @@ def checkpoint_seeds() -> dict[str, bytes]:
         "scheduler": lambda c: c.update(scheduler={**c["scheduler"], "last_epoch": 1}),
         "momentum": lambda c: c["optimizer"]["state"].update({0: c["optimizer"]["state"][1]}),
         "epoch": lambda c: c.update(epoch=True),
-        "last-loss": lambda c: c.update(last_loss=-c["last_loss"]),
     }
     for name, damage in damages.items():
         obj = copy.deepcopy(good)

@@ -164,8 +164,7 @@ def model_problem(outcome: tuple[str, str]) -> str | None:
 
 CHECKPOINT_PARAMS = {"model": "lenet", "epochs": 2, "batch_size": 16, "optimizer": "sgd", "lr": 0.05,
                      "momentum": 0.9, "weight_decay": 0.0005, "label_smoothing": 0.1,
-                     "augment": {"flip": True, "shift": 0, "erase": 0.0},
-                     "prune": {"fraction": 0.5, "from_epoch": 2}, "ema": 0.9, "seed": 0, "device": "cpu",
+                     "augment": {"flip": True, "shift": 0, "erase": 0.0}, "ema": 0.9, "seed": 0, "device": "cpu",
                      "precision": "fp32", "compile": False, "nproc": 1, "max_restarts": 0, "resume": True}
 TRAIN_IMAGES = 32
 
@@ -179,12 +178,14 @@ def checkpoint_params():
 
 
 @functools.cache
-def checkpoint_key() -> dict:
-    """The run's key."""
+def checkpoint_run() -> tuple[dict, int]:
+    """(the run's key, its steps an epoch)."""
     from fmnist.training.checkpoint import run_key
+    from fmnist.training.distributed import steps_per_epoch
 
     images, labels = tiny_split(TRAIN_IMAGES + 16, seed=1)
-    return run_key(checkpoint_params(), images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES], 1)
+    key = run_key(checkpoint_params(), images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES], 1)
+    return key, steps_per_epoch(TRAIN_IMAGES, CHECKPOINT_PARAMS["batch_size"])
 
 
 @functools.cache
@@ -200,7 +201,7 @@ def checkpoint_files() -> tuple[bytes, ...]:
     state = build(checkpoint_params(), train[0], CPU)
     saved = []
     fit(state, train, val, checkpoint_params(),
-        on_epoch=lambda progress, _: saved.append(torch_bytes(checkpoint_state(progress, checkpoint_key(), state))))
+        on_epoch=lambda progress, _: saved.append(torch_bytes(checkpoint_state(progress, checkpoint_run()[0], state))))
     return tuple(saved)
 
 
@@ -217,11 +218,11 @@ def read_checkpoint(path: Path) -> tuple[Any, str]:
     from fmnist.training.checkpoint import resume
     from fmnist.training.loop import build
 
-    key = checkpoint_key()
+    key, steps = checkpoint_run()
     state = build(checkpoint_params(), tiny_split(TRAIN_IMAGES + 16, seed=1)[0][:TRAIN_IMAGES], CPU)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        progress = resume(path, key, state)
+        progress = resume(path, key, state, steps)
     return progress, out.getvalue()
 
 

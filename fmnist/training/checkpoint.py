@@ -1,12 +1,11 @@
 """The training checkpoint: the full state after each epoch, and resuming from it.
 
     save_torch(path, checkpoint_state(progress, key, state))     # after every epoch
-    progress = resume(path, key, state)                           # train.resume: true; None: start afresh
+    progress = resume(path, key, state, steps)                    # train.resume: true; None: start afresh
 
 A checkpoint holds the weights, the optimizer, schedule and moving-average states, the
-history and the best epoch so far, each training image's last loss (train.prune), and a
-`key` (run_key: the params that shape results, the process count and the data's hash)
-that a run must match to resume from it. Every
+history and the best epoch so far, and a `key` (run_key: the params that shape results,
+the process count and the data's hash) that a run must match to resume from it. Every
 part is checked before any of it is used, so a damaged or foreign checkpoint costs one
 line and a fresh start, never a failure halfway through training.
 """
@@ -27,7 +26,7 @@ import torch.distributed as dist
 from fmnist.core.errors import DataError, quoted
 from fmnist.core.io import load_torch
 from fmnist.model.nets import weights_problem
-from fmnist.training.distributed import World
+from fmnist.training.distributed import World, steps_per_epoch
 from fmnist.training.loop import HISTORY_KEYS, Progress, TrainState, build
 
 if TYPE_CHECKING:
@@ -61,36 +60,35 @@ def start(p: Train, path: Path, key: dict, images: torch.Tensor, device: torch.d
     if world.main:
         if world.restart:
             print(f"torchrun restarted the workers (restart {world.restart}); resuming from the last checkpoint")
-        progress = resume(path, key, state)
+        progress = resume(path, key, state, steps_per_epoch(len(images), p.batch_size, world.size))
     progress = share_restored(progress, state, world)
     if progress is None:  # a failed restore may have loaded part of the state
         state = build(p, images, device, dtype, world)
     return state, progress
 
 
-def max_checkpoint_bytes(net: torch.nn.Module, epochs: int, images: int = 0) -> int:
-    """The most bytes a checkpoint of `net` (train.model's net) over `epochs` epochs can take,
-    with a last loss for each of `images` training images (train.prune; 0: off).
+def max_checkpoint_bytes(net: torch.nn.Module, epochs: int) -> int:
+    """The most bytes a checkpoint of `net` (train.model's net) over `epochs` epochs can take.
 
     It holds at most five copies of the weights: the weights, the best epoch's, the moving
     average's and the optimizer's per-weight state (SGD's momentum: one copy; AdamW's two
-    moments: two); then the history, a row of a few numbers an epoch (1 KiB is ample), the
-    losses (4 bytes each), and 1 MiB for the schedule, the key and the zip records (tens
-    of KB measured).
+    moments: two); then the history, a row of a few numbers an epoch (1 KiB is ample),
+    and 1 MiB for the schedule, the key and the zip records (tens of KB measured).
     """
     weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
-    return 5 * weights + 1024 * epochs + 4 * images + (1 << 20)
+    return 5 * weights + 1024 * epochs + (1 << 20)
 
 
-def resume(path: Path, key: dict, state: TrainState) -> Progress | None:
+def resume(path: Path, key: dict, state: TrainState, steps: int) -> Progress | None:
     """The Progress of a checkpoint that matches this run, loaded into it; None (say why) otherwise."""
     if not path.exists():
         print(f"train.resume: no checkpoint at {path}; starting afresh")
         return None
-    images = 0 if state.last_loss is None else len(state.last_loss)
-    limit = max_checkpoint_bytes(state.net, len(state.epoch_steps), images)
+    epochs = int(key["params"]["epochs"])
+    limit = max_checkpoint_bytes(state.net, epochs)
     try:
-        progress = restore(load_torch(path, "starting afresh", limit, "a checkpoint of this run"), key, state)
+        progress = restore(load_torch(path, "starting afresh", limit, "a checkpoint of this run"), key, state, steps,
+                           epochs)
     except DataError as exc:
         print(f"train.resume: {exc}")
         return None
@@ -110,11 +108,12 @@ def checkpoint_state(progress: Progress, key: dict, state: TrainState) -> dict:
     return {"epoch": progress.epoch, "key": key, "state_dict": state.net.state_dict(),
             "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
             "ema": None if state.ema is None else state.ema.state_dict(), "history": progress.history,
-            "best": progress.best, "last_loss": None if state.last_loss is None else state.last_loss.cpu()}
+            "best": progress.best}
 
 
-def restore(checkpoint: object, key: dict, state: TrainState) -> Progress:
-    """Load a checkpoint into a freshly built run and return its Progress.
+def restore(checkpoint: object, key: dict, state: TrainState, steps: int, epochs: int) -> Progress:
+    """Load a checkpoint into a freshly built run (`steps` optimizer steps an epoch, `epochs`
+    epochs: train.epochs) and return its Progress.
 
     Raises ResumeError, whose message completes "the checkpoint ...", when it isn't one,
     was made for another run (its key differs from `key`) or is damaged in any way:
@@ -130,7 +129,7 @@ def restore(checkpoint: object, key: dict, state: TrainState) -> Progress:
     if not same:
         raise ResumeError("was made with other train params, process count or data")
     try:
-        return _restore(checkpoint, state)
+        return _restore(checkpoint, state, steps, epochs)
     except Exception as exc:  # noqa: BLE001 - a damaged checkpoint fails in many ways
         raise ResumeError(f"is damaged ({quoted(str(exc), 200) or type(exc).__name__})") from None
 
@@ -139,15 +138,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _restore(checkpoint: dict, state: TrainState) -> Progress:
+def _restore(checkpoint: dict, state: TrainState, steps: int, epochs: int) -> Progress:
     net, optimizer, scheduler, ema = state.net, state.optimizer, state.scheduler, state.ema
     epoch, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best"]
-    epochs = len(state.epoch_steps)  # train.epochs
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
         raise ValueError(f"epoch {epoch!r:.40}, expected a whole number >= 1")
-    if epoch > epochs:  # before the history's rows are read and the schedule replayed (the steps of its epochs)
+    if epoch > epochs:  # before the history's rows are read and the schedule replayed (epoch x steps steps)
         raise ValueError(f"epoch {epoch!r:.40}, more than train.epochs: {epochs}")
-    steps = sum(state.epoch_steps[:epoch])  # optimizer steps in the epochs done
     if not isinstance(history, list) or len(history) != epoch:
         raise ValueError(f"{epoch} epochs done but the history is {history!r:.40}")
     for row in history:
@@ -164,7 +161,7 @@ def _restore(checkpoint: dict, state: TrainState) -> Progress:
     averaged = checkpoint["ema"]
     if (ema is None and averaged is not None) or (ema is not None and (
             not isinstance(averaged, dict) or set(averaged) != {"updates", "state_dict"}
-            or averaged["updates"] != steps)):
+            or averaged["updates"] != epoch * steps)):
         raise ValueError(f"the moving average of the weights is {averaged!r:.60}")
     for what, weights in (("weights", checkpoint["state_dict"]), ("best weights", best["state_dict"]),
                           ("averaged weights", averaged["state_dict"] if ema is not None else net.state_dict())):
@@ -179,7 +176,7 @@ def _restore(checkpoint: dict, state: TrainState) -> Progress:
     # is, then the optimizer's settings and learning rate must be exactly this run's.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": on purpose
-        for _ in range(steps):
+        for _ in range(epoch * steps):
             scheduler.step()
     saved = checkpoint["optimizer"]
     if not isinstance(saved, dict) or saved.get("param_groups") != optimizer.state_dict()["param_groups"]:
@@ -198,18 +195,7 @@ def _restore(checkpoint: dict, state: TrainState) -> Progress:
             if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point() \
                     or not bool(torch.isfinite(value).all()):
                 raise ValueError(f"optimizer state {name!r} doesn't fit its weight")
-    last_loss = checkpoint["last_loss"]
-    if state.last_loss is None:
-        if last_loss is not None:
-            raise ValueError("it holds images' losses, which this run doesn't use")
-    elif not isinstance(last_loss, torch.Tensor) or last_loss.dtype != state.last_loss.dtype \
-            or last_loss.shape != state.last_loss.shape or bool(torch.isnan(last_loss).any()) \
-            or bool((last_loss < 0).any()):
-        raise ValueError(f"the images' last losses are {last_loss!r:.60}, expected {len(state.last_loss)} "
-                         "numbers >= 0 (inf: not trained on yet)")
     optimizer.load_state_dict(saved)
-    if state.last_loss is not None:
-        state.last_loss.copy_(last_loss)
     return Progress(epoch, history, best)
 
 

@@ -101,31 +101,6 @@ class TrainState:
     device: torch.device
     dtype: torch.dtype | None = None  # autocast dtype (train.precision); None: fp32
     world: World = World()            # this process among those of a torchrun launch
-    epoch_steps: tuple[int, ...] = ()  # optimizer steps in each epoch: fewer once train.prune leaves images out
-    last_loss: torch.Tensor | None = None  # on the CPU, each training image's loss when last trained on (inf: not
-                                           # yet): train.prune's choice
-
-
-def epoch_images(n: int, epoch: int, p: Train) -> int:
-    """How many of the `n` training images epoch `epoch` trains on: all of them, or from
-    train.prune.from_epoch on, those left when train.prune.fraction of them is left out."""
-    if p.prune.fraction > 0 and epoch >= p.prune.from_epoch:
-        return n - int(n * p.prune.fraction)
-    return n
-
-
-def hardest(order: torch.Tensor, last_loss: torch.Tensor, keep: int) -> torch.Tensor:
-    """The `keep` images of the epoch's `order` with the highest `last_loss`, in `order`'s order.
-
-    The images the net last found easiest sit the epoch out, so later epochs spend their
-    steps where the net is still wrong or unsure (selective backprop on stale losses, Jiang
-    et al. 2019): 14 epochs, the last ten on half the images, cost what 9 whole ones do and
-    validated better (docs/benchmark.md). Equal losses (inf: not trained on yet) go by
-    image index, so the choice is the same on every machine and rank.
-    """
-    chosen = torch.zeros(len(last_loss), dtype=torch.bool)
-    chosen[torch.argsort(last_loss, descending=True, stable=True)[:keep]] = True
-    return order[chosen[order]]
 
 
 def build(p: Train, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None,
@@ -148,12 +123,10 @@ def build(p: Train, images: torch.Tensor, device: torch.device, dtype: torch.dty
     model = wrap_ddp(to_device_layout(net, device), device, world)
     if p.compile:
         model = torch.compile(model)
-    epoch_steps = tuple(steps_per_epoch(epoch_images(len(images), epoch, p), p.batch_size, world.size)
-                        for epoch in range(1, p.epochs + 1))
-    optimizer, scheduler = make_optimizer(p, net, sum(epoch_steps))
+    total = p.epochs * steps_per_epoch(len(images), p.batch_size, world.size)
+    optimizer, scheduler = make_optimizer(p, net, total)
     ema = Ema(net, p.ema) if p.ema > 0 else None
-    last_loss = torch.full((len(images),), math.inf) if p.prune.fraction > 0 else None
-    return TrainState(net, model, optimizer, scheduler, ema, device, dtype, world, epoch_steps, last_loss)
+    return TrainState(net, model, optimizer, scheduler, ema, device, dtype, world)
 
 
 def epoch_generators(seed: int, epoch: int, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
@@ -223,11 +196,7 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
     batch_size = per_rank_batch(p.batch_size, world.size)
     model.train()
     order_gen, aug_gen = epoch_generators(p.seed, epoch, world.rank)
-    everyone = torch.randperm(len(images), generator=order_gen)  # the same on every rank
-    keep = epoch_images(len(images), epoch, p)
-    if keep < len(images):
-        everyone = hardest(everyone, state.last_loss, keep)
-    order = shard(everyone, world.rank, world.size)
+    order = shard(torch.randperm(len(images), generator=order_gen), world.rank, world.size)
     n_batches = -(-len(order) // batch_size)
     if n_batches == 0:  # fmnist.params.size_problems refuses this up front
         raise ParamError(f"train.nproc: {world.size} processes but only {len(images)} training images")
@@ -236,8 +205,6 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
     losses = torch.zeros(n_batches, device=device)  # the optimised (label-smoothed) loss
     plain = torch.zeros(n_batches, device=device)   # plain cross-entropy of the same logits
     correct = torch.zeros((), dtype=torch.long, device=device)
-    # This epoch's loss of each image it trains on, for train.prune's choice in the next ones.
-    fresh = None if state.last_loss is None else torch.zeros(len(images), device=device)
     bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{p.epochs}", unit="batch", leave=False,
                disable=None if world.main else True)  # None: a bar on a terminal, never in logs
     for b in bar:
@@ -256,10 +223,7 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
             ema.update()
         losses[b] = loss.detach()
         with torch.no_grad():
-            per_image = F.cross_entropy(logits.detach().float(), y, reduction="none")
-            plain[b] = per_image.mean()
-            if fresh is not None:
-                fresh[idx] = per_image
+            plain[b] = F.cross_entropy(logits.detach().float(), y)
         correct += (logits.argmax(1) == y).sum()
         checked = (b + 1) % CHECK_EVERY == 0 or b + 1 == n_batches
         if checked and _check(state, losses[:b + 1], epoch, n_batches, bar, should_stop):
@@ -271,11 +235,6 @@ def train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, e
                           torch.tensor(float(len(order)), device=device)])
     if world.size > 1:
         dist.all_reduce(totals)
-    if fresh is not None:
-        if world.size > 1:  # each image was trained on by one rank: the sum is its loss
-            dist.all_reduce(fresh)
-        trained = everyone[:len(everyone) - len(everyone) % world.size]  # as `shard` split it
-        state.last_loss[trained] = fresh.cpu()[trained]
     return EpochFigures(*(float(total / totals[3]) for total in totals[:3]))
 
 

@@ -496,13 +496,13 @@ def test_a_prepared_split_far_larger_than_the_data_set_is_refused_unread(tmp_pat
 def test_a_checkpoint_far_larger_than_the_run_s_is_named_and_training_starts_afresh(tmp_path, capsys):
     net = build_model("cnn3v2")
     # What resume reads before the file: the net's size.
-    state = TrainState(net, net, None, None, None, torch.device("cpu"), epoch_steps=(1,) * 15)
+    state = TrainState(net, net, None, None, None, torch.device("cpu"))
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"PK\x03\x04")
     limit = max_checkpoint_bytes(net, 15)
     assert 5 * 848_000 < limit < 5 * 848_000 + (2 << 20)  # cnn3v2's weights five times, and the rest
     pad(path, 10 ** 10)
-    assert resume(path, {"params": {"epochs": 15}}, state) is None
+    assert resume(path, {"params": {"epochs": 15}}, state, steps=1) is None
     assert capsys.readouterr().out == (
         f"train.resume: {path}: 10,000,000,000 bytes (10,000.0 MB), larger than a checkpoint of this run can be "
         f"(the limit is {limit:,} bytes ({limit / 1e6:.1f} MB)); starting afresh\n")

@@ -106,37 +106,6 @@ def test_a_diverging_loss_stops_training_naming_epoch_and_batch():
         fit_sgd(seed=0, epochs=1, lr=1e12)
 
 
-def test_hardest_keeps_the_images_with_the_highest_last_loss_in_the_epoch_s_order():
-    last = torch.tensor([0.5, math.inf, 0.1, 2.0, math.inf, 0.3])  # inf: not trained on yet
-    order = torch.tensor([5, 3, 0, 4, 2, 1])
-    assert loop.hardest(order, last, 4).tolist() == [3, 0, 4, 1]
-    assert loop.hardest(order, last, 3).tolist() == [3, 4, 1]
-    assert loop.hardest(order, last, 1).tolist() == [1]  # of equal losses, the lower image index
-    assert loop.hardest(order, last, 6).tolist() == order.tolist()
-
-
-def test_from_train_prune_from_epoch_on_an_epoch_trains_on_the_images_last_found_hardest():
-    x, y = tiny()  # 256 images: 8 batches of 32
-    p = loop_params(epochs=3, prune={"fraction": 0.25, "from_epoch": 2})
-    state = build(p, x, CPU)
-    assert state.epoch_steps == (8, 6, 6)  # then 192 images
-    train_epoch(state, x, y, 1, p)
-    before = state.last_loss.clone()
-    assert bool(torch.isfinite(before).all()) and state.scheduler.last_epoch == 8
-    train_epoch(state, x, y, 2, p)
-    trained = (state.last_loss != before).nonzero().flatten()
-    assert sorted(trained.tolist()) == sorted(torch.argsort(before, descending=True)[:192].tolist())
-    train_epoch(state, x, y, 3, p)
-    assert state.scheduler.last_epoch == 20 and state.scheduler.get_last_lr()[0] == pytest.approx(
-        p.lr * lr_factor(20, 20))  # the one-cycle schedule ends with the last pruned epoch
-
-
-def test_without_train_prune_no_loss_is_kept_and_every_epoch_trains_on_every_image():
-    x, _ = tiny()
-    state = build(loop_params(epochs=3, prune={"fraction": 0.0, "from_epoch": 1}), x, CPU)
-    assert state.last_loss is None and state.epoch_steps == (8, 8, 8)
-
-
 class HostTraffic(TorchFunctionMode):
     """Records, in order, every call that moves a tensor between devices or makes the host wait
     for a tensor's value (what blocks on a GPU), and every optimizer step ("step")."""

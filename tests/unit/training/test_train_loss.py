@@ -13,6 +13,7 @@ import yaml
 from fmnist.model.classifier import normalize
 from fmnist.params import Train
 from fmnist.training.checkpoint import ResumeError, checkpoint_state, restore
+from fmnist.training.distributed import steps_per_epoch
 from fmnist.training.loop import HISTORY_KEYS, build, fit, train_epoch
 from helpers import ROOT
 from helpers.data import synthetic
@@ -75,4 +76,5 @@ def test_a_checkpoint_whose_history_rows_lack_the_smoothed_loss_is_refused_by_na
         del row["train/loss_smoothed"]  # what the code before this change logged
     with pytest.raises(ResumeError, match="a row of history holds train/acc, train/loss, val/acc, val/loss; "
                                           "this code's rows hold"):
-        restore(checkpoint, "key", build(p, train[0], CPU))
+        restore(checkpoint, "key", build(p, train[0], CPU), steps_per_epoch(len(train[1]), p.batch_size),
+                p.epochs)
