@@ -15,6 +15,7 @@ params (prepare).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -254,11 +255,23 @@ def check_params(params: Any) -> list[str]:
     return size_problems(TRAIN_IMAGES, checked.data.val_size, checked.train.batch_size, checked.train.nproc)
 
 
-def parse_params(params: Any, where: str = PARAMS_FILE) -> Params:
-    """A mapping (params.yaml as YAML reads it) as Params; ParamError listing every problem."""
+def parse_params(params: Any, where: str = PARAMS_FILE, model_problem: Callable[[str], str | None] | None = None
+                 ) -> Params:
+    """A mapping (params.yaml as YAML reads it) as Params; ParamError listing every problem.
+
+    `model_problem(name)` says why train.model's value is no net, or None: the train stage
+    passes the registry's check (fmnist.model.nets.name_problem), so that an unknown net
+    is listed with the other problems. This module doesn't import the nets, so that editing
+    one reruns only the stages that run it.
+    """
     checked, errors = _validate(params)
     if checked is not None:
         errors = size_problems(TRAIN_IMAGES, checked.data.val_size, checked.train.batch_size, checked.train.nproc)
+    train = params.get("train") if isinstance(params, dict) else None
+    model = train.get("model") if isinstance(train, dict) else None
+    if model_problem is not None and isinstance(model, str) and model_problem(model):
+        errors = [e for e in errors if e.startswith("data.")] + [model_problem(model)] \
+            + [e for e in errors if not e.startswith("data.")]  # in params.yaml's order
     if len(errors) == 1:
         raise ParamError(f"{where}: {errors[0]}")
     if errors:  # one line each
@@ -266,8 +279,9 @@ def parse_params(params: Any, where: str = PARAMS_FILE) -> Params:
     return checked
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and check the whole params file, once; raise ParamError listing every problem."""
+def load_params(path: str | Path = PARAMS_FILE, model_problem: Callable[[str], str | None] | None = None) -> Params:
+    """Read and check the whole params file, once; raise ParamError listing every problem
+    (with `model_problem`, train.model's too: see parse_params)."""
     path = Path(path)
     restore = f"restore it with `git checkout {path}`"
     try:
@@ -282,4 +296,4 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamError(str(exc)) from None
     if params is None:
         raise ParamError(f"{path}: the file is empty; {restore}")
-    return parse_params(params, str(path))
+    return parse_params(params, str(path), model_problem)

@@ -34,8 +34,8 @@ import torch.distributed as dist
 
 from fmnist.core.errors import run
 from fmnist.model.device import pick_device, pick_dtype, placement, to_device
-from fmnist.model.nets import check_name
-from fmnist.params import PARAMS_FILE, check_sizes, load_params
+from fmnist.model.nets import name_problem
+from fmnist.params import check_sizes, load_params
 from fmnist.splits import load_nonempty_split, load_split
 from fmnist.training.checkpoint import run_key, start
 from fmnist.training.distributed import check_nproc, init_distributed, peers_lost, relaunch_under_torchrun
@@ -50,8 +50,8 @@ def main() -> None:
     for name in ("prepared", "model", "checkpoint", "live_dir", "summary", "lock"):
         parser.add_argument(name, type=Path)
     args = parser.parse_args()
-    p = load_params().train
-    check_name(p.model, PARAMS_FILE)  # before any work, as params.yaml's own checks are
+    # Every problem of params.yaml in one message, an unregistered net included, before any work.
+    p = load_params(model_problem=name_problem).train
     device = pick_device(p.device)
     if "WORLD_SIZE" not in os.environ:  # not a worker: what this machine can't do is one line, before any work
         check_nproc(p.nproc, device)

@@ -190,11 +190,19 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
     )
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` can't be train.model (it isn't a registered net), or None."""
+    if name in ARCHITECTURES:
+        return None
+    return (f"train.model: got {name!r}{did_you_mean(name, list(ARCHITECTURES))}, "
+            f"expected one of {', '.join(ARCHITECTURES)}")
+
+
 def check_name(name: str, where: str = "") -> None:
     """ParamError naming train.model (in `where`, a file, when given) unless `name` is a registered net."""
-    if name not in ARCHITECTURES:
-        raise ParamError(f"{where + ': ' if where else ''}train.model: got {name!r}"
-                         f"{did_you_mean(name, list(ARCHITECTURES))}, expected one of {', '.join(ARCHITECTURES)}")
+    problem = name_problem(name)
+    if problem:
+        raise ParamError(f"{where + ': ' if where else ''}{problem}")
 
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:

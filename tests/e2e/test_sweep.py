@@ -98,7 +98,8 @@ def fail_when_lr_is(value: float):
     def patch(path: Path) -> None:
         stage = path / "stages/train.py"
         text = stage.read_text()
-        anchor, imports = "    p = load_params().train\n", "from fmnist.core.errors import run\n"
+        anchor = "    p = load_params(model_problem=name_problem).train\n"
+        imports = "from fmnist.core.errors import run\n"
         assert anchor in text and imports in text
         text = text.replace(imports, "from fmnist.core.errors import ParamError, run\n")
         stage.write_text(text.replace(anchor, anchor + f"    if p.lr == {value}:\n"

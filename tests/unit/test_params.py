@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fmnist.core.errors import ParamError
+from fmnist.model.nets import name_problem
 from fmnist.params import TRAIN_IMAGES, check_params, load_params, size_problems, with_value
 from fmnist.splits import split_train_val
 from fmnist.training.distributed import World, per_rank_batch, shard, steps_per_epoch
@@ -171,6 +172,25 @@ def test_several_problems_one_line_each(tmp_path):
     assert str(err.value).splitlines()[1:] == [
         "  train.epochs: got 0, expected an integer >= 1",
         "  train.lr: got -1, expected a finite number > 0 and <= 10"]
+
+
+@pytest.mark.parametrize(("data", "train"),
+                         [({}, {"lr": -1}), ({"val_size": 0}, {}), ({}, {"batch_size": 1, "nproc": 2})])
+def test_an_unregistered_net_is_listed_with_the_other_problems_in_the_file_s_order(tmp_path, data, train):
+    """The train stage's check (model_problem: the registry's) adds train.model to the list,
+    whether the other problems are a value's or the sizes'; without it, the net isn't checked here."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(data)
+    params["train"].update(model="resnet", **train)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamError) as err:
+        load_params(tmp_path / "params.yaml", model_problem=name_problem)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{tmp_path / 'params.yaml'} has 2 problems:" and len(lines) == 3
+    assert lines[1 if not data else 2].startswith("  train.model: got 'resnet' (did you mean ")
+    with pytest.raises(ParamError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert "train.model" not in str(err.value) and "\n" not in str(err.value)
 
 
 # --- sizes that can't train ---------------------------------------------------
