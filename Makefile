@@ -53,6 +53,7 @@ help:
 	@echo "make dashboard [STORAGE=sqlite:///.dvc/tmp/sweep/optuna.db] [DASHBOARD_PORT=8080]   a sweep's trials in the browser (docs/sweep.md)"
 	@echo "make bench   tutorial's training vs this project's: reports/bench.md"
 	@echo "make compare BASE=main   compare the workspace's results with BASE's: reports/compare.md"
+	@echo "make plots-page   the page \`dvc plots show\` writes, with vega from .venv/node: offline too (make repro makes it)"
 	@echo "make lock    re-resolve requirements/ from pyproject.toml (UPGRADE=1: newest releases)"
 	@echo "make sweep TRIALS=16 JOBS=2 ARGS='-S train.epochs=3'   hyperparameter search, every trial a DVC experiment (docs/sweep.md)"
 	@echo "make fuzz FUZZ_SECONDS=300 FUZZ_TARGETS='model picture'   coverage-guided fuzzing of the readers, one target at a time (docs/fuzzing.md)"
