@@ -8,8 +8,9 @@ typed and ranged; an unknown key is an error too (with the closest known key sug
 so a typo can't silently fall back to a default. Values that are each fine but can't
 train together (more processes than training images, say) are refused too: see
 `size_problems`. `train.model` is checked where the nets are registered
-(fmnist/model/nets.py), so that editing a net doesn't rerun the stages that only read
-params (prepare).
+(fmnist/model/nets.py: `name_problem`, which the train stage and the sweep hand to the
+checks here, so that an unknown net is listed with the other problems), so that editing a
+net doesn't rerun the stages that only read params (prepare).
 """
 
 from __future__ import annotations
@@ -246,32 +247,35 @@ def check_sizes(images: int, val_size: int, batch_size: int, nproc: int, source:
         raise ParamError(problems[0])
 
 
-def check_params(params: Any) -> list[str]:
-    """Return one message per problem in the mapping `params` (empty when all is well)."""
+# Why a value of train.model is no registered net, or None: fmnist.model.nets.name_problem,
+# handed in by the callers that run a net (this module imports none: see the docstring).
+ModelProblem = Callable[[str], str | None]
+
+
+def _check(params: Any, model_problem: ModelProblem | None) -> tuple[Params | None, list[str]]:
+    """The mapping `params` as Params (None unless all is well) and one message per
+    problem, in params.yaml's order."""
     checked, errors = _validate(params)
-    if checked is None:
-        return errors
-    # Each value is fine on its own: do they train together?
-    return size_problems(TRAIN_IMAGES, checked.data.val_size, checked.train.batch_size, checked.train.nproc)
-
-
-def parse_params(params: Any, where: str = PARAMS_FILE, model_problem: Callable[[str], str | None] | None = None
-                 ) -> Params:
-    """A mapping (params.yaml as YAML reads it) as Params; ParamError listing every problem.
-
-    `model_problem(name)` says why train.model's value is no net, or None: the train stage
-    passes the registry's check (fmnist.model.nets.name_problem), so that an unknown net
-    is listed with the other problems. This module doesn't import the nets, so that editing
-    one reruns only the stages that run it.
-    """
-    checked, errors = _validate(params)
-    if checked is not None:
+    if checked is not None:  # each value is fine on its own: do they train together?
         errors = size_problems(TRAIN_IMAGES, checked.data.val_size, checked.train.batch_size, checked.train.nproc)
     train = params.get("train") if isinstance(params, dict) else None
     model = train.get("model") if isinstance(train, dict) else None
-    if model_problem is not None and isinstance(model, str) and model_problem(model):
-        errors = [e for e in errors if e.startswith("data.")] + [model_problem(model)] \
-            + [e for e in errors if not e.startswith("data.")]  # in params.yaml's order
+    problem = model_problem(model) if model_problem is not None and isinstance(model, str) else None
+    if problem:  # train.model is the train section's first key
+        errors.insert(next((i for i, e in enumerate(errors) if not e.startswith("data.")), len(errors)), problem)
+    return (None if errors else checked), errors
+
+
+def check_params(params: Any, model_problem: ModelProblem | None = None) -> list[str]:
+    """Return one message per problem in the mapping `params` (empty when all is well);
+    with `model_problem`, an unregistered train.model among them."""
+    return _check(params, model_problem)[1]
+
+
+def parse_params(params: Any, where: str = PARAMS_FILE, model_problem: ModelProblem | None = None) -> Params:
+    """A mapping (params.yaml as YAML reads it) as Params; ParamError listing every problem
+    (with `model_problem`, an unregistered train.model among them)."""
+    checked, errors = _check(params, model_problem)
     if len(errors) == 1:
         raise ParamError(f"{where}: {errors[0]}")
     if errors:  # one line each
@@ -279,7 +283,7 @@ def parse_params(params: Any, where: str = PARAMS_FILE, model_problem: Callable[
     return checked
 
 
-def load_params(path: str | Path = PARAMS_FILE, model_problem: Callable[[str], str | None] | None = None) -> Params:
+def load_params(path: str | Path = PARAMS_FILE, model_problem: ModelProblem | None = None) -> Params:
     """Read and check the whole params file, once; raise ParamError listing every problem
     (with `model_problem`, train.model's too: see parse_params)."""
     path = Path(path)

@@ -198,11 +198,11 @@ def name_problem(name: str) -> str | None:
             f"expected one of {', '.join(ARCHITECTURES)}")
 
 
-def check_name(name: str, where: str = "") -> None:
-    """ParamError naming train.model (in `where`, a file, when given) unless `name` is a registered net."""
+def check_name(name: str) -> None:
+    """ParamError naming train.model unless `name` is a registered net."""
     problem = name_problem(name)
     if problem:
-        raise ParamError(f"{where + ': ' if where else ''}{problem}")
+        raise ParamError(problem)
 
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:

@@ -34,7 +34,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from fmnist.core.errors import DataError, ParamError, did_you_mean, flat, printable, shown
 from fmnist.core.io import read_text_bounded
-from fmnist.model.nets import check_name
+from fmnist.model.nets import name_problem
 from fmnist.params import allowed, kind_of, leaves, with_value
 from fmnist.params import check_params as check_values
 
@@ -93,15 +93,9 @@ def _name(key: Any) -> str:
 
 
 def check_params(params: Any) -> list[str]:
-    """params.yaml's checks, and that train.model names a registered net (fmnist/model/nets.py):
-    a trial's params must train, so the sweep checks what the train stage would."""
-    errors = check_values(params)
-    if not errors:
-        try:
-            check_name(params["train"]["model"])
-        except ParamError as exc:
-            errors = [str(exc)]
-    return errors
+    """params.yaml's checks, train.model's against the registered nets (fmnist/model/nets.py)
+    among them: a trial's params must train, so the sweep checks what the train stage would."""
+    return check_values(params, name_problem)
 
 
 def known_params() -> list[str]:

@@ -10,7 +10,15 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from fmnist.core.errors import ParamError
 from fmnist.params import value_of
-from fmnist.sweep.search_space import inside, load_space, override_value, overrides, parse_fixed, parse_space
+from fmnist.sweep.search_space import (
+    check_params,
+    inside,
+    load_space,
+    override_value,
+    overrides,
+    parse_fixed,
+    parse_space,
+)
 from helpers import ROOT
 from helpers.not_files import NOT_FILES, make_not_file
 
@@ -167,3 +175,11 @@ def test_a_space_file_too_long_or_not_utf8_is_one_line(tmp_path):
     path.write_bytes(b"space:\n  train.lr: {low: 0.1, high: 0.5}  # \xe9\n")
     with pytest.raises(ParamError, match=f"^{path}: not UTF-8 text \\(byte 44 is 0xe9\\); name"):
         load_space(path, copy.deepcopy(BASE), {})
+
+
+def test_a_trial_s_unregistered_net_is_listed_with_its_other_problems():
+    """The sweep checks what the train stage would, every problem at once: the net among the rest."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(model="resnet", lr=-1)
+    errors = check_params(params)
+    assert len(errors) == 2 and errors[0].startswith("train.model: got 'resnet'") and errors[1].startswith("train.lr")
